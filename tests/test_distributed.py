@@ -1,0 +1,51 @@
+"""DDP on 2 CPU processes (accelerate launch, gloo) trains the same adapter as one process, within float tolerance."""
+
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tinyworld import memory, tiny_workspace
+
+from lmsleep.distributed import labelled_tokens, my_rows, summed_token_loss
+from lmsleep.memory import read_json, write_jsonl
+from lmsleep.stages import seed
+
+CPU_DDP = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "cpu_ddp.yaml"
+
+
+def test_rows_are_split_without_overlap_or_loss():
+    shards = [my_rows(5, rank, 2) for rank in range(2)]
+    assert shards == [[0, 2, 4], [1, 3]]
+    assert my_rows(1, 1, 2) == []
+
+
+def test_summed_token_loss_matches_the_mean_loss_of_transformers():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    labels = torch.randint(0, 11, (2, 5))
+    labels[1, 3:] = -100
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1),
+                                                 ignore_index=-100)
+    assert torch.allclose(summed_token_loss(logits, labels) / labelled_tokens(labels), expected)
+
+
+def test_two_process_ddp_seed_equals_single_process(tmp_path, tmp_path_factory):
+    cache = tmp_path_factory.getbasetemp() / "tiny-cache-ddp"
+    results = {}
+    for name, config in (("single", ""), ("ddp", str(CPU_DDP))):
+        params, ws = tiny_workspace(tmp_path / name, cache)
+        params.seed.batch_size, params.seed.epochs, params.seed.accelerate_config = 3, 2, config
+        # 5 memories in batches of 3: the last batch (2 rows) and odd shards exercise the uneven split
+        write_jsonl(ws.night_data("n1") / "accepted.jsonl", [memory(i) for i in range(5)])
+        summary = seed.run(params, ws)
+        results[name] = (summary, load_file(ws.night_model("n1") / "adapter" / "adapter_model.safetensors"),
+                         read_json(ws.night_model("n1") / "train_log.json"))
+    single, ddp = results["single"], results["ddp"]
+    assert single[0]["processes"] == 1 and ddp[0]["processes"] == 2
+    assert single[1].keys() == ddp[1].keys()
+    for key in single[1]:
+        assert torch.allclose(single[1][key], ddp[1][key], atol=1e-5, rtol=1e-4), key
+    assert torch.allclose(torch.tensor(single[2]["losses"]), torch.tensor(ddp[2]["losses"]), atol=1e-5)
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in ddp[1].items())
+    shutil.rmtree(tmp_path)

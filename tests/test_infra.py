@@ -1,0 +1,293 @@
+"""Static checks of the Terraform in infra/ (no terraform binary, no provider downloads: python-hcl2 only).
+
+What they pin down: every .tf parses; each env tags everything through provider default_tags; the data bucket is
+versioned, KMS-encrypted and fully blocks public access; nothing is public-read; the GPU node group is tainted and uses
+an NVIDIA AMI; instance types come from variables; both envs wire all three modules and expose what the pipeline
+reads (dvc_remote_url, stage_infrastructure). checkov (make infra-check) covers the generic security checks.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import hcl2
+import pytest
+
+INFRA = Path(__file__).resolve().parents[1] / "infra"
+MODULES = INFRA / "modules"
+ENVS = ("dev", "prod")
+MODULE_NAMES = ("storage", "compute", "prefect")
+TF_FILES = sorted(INFRA.rglob("*.tf"))
+OPTIONS = hcl2.SerializationOptions(with_comments=False, explicit_blocks=False, strip_string_quotes=True)
+GPU_AMI_TYPES = {"AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"}
+# A literal EC2 instance type such as "g5.xlarge" or "m6i.large".
+INSTANCE_TYPE_LITERAL = re.compile(r"^[a-z][a-z0-9-]*\.(nano|micro|small|medium|large|\d*xlarge|metal)$")
+
+
+def parse(path: Path) -> dict:
+    with path.open(encoding="utf-8") as handle:
+        return hcl2.load(handle, serialization_options=OPTIONS)
+
+
+def parse_dir(directory: Path) -> dict[str, list]:
+    """All top-level blocks of a Terraform module (its *.tf files merged), keyed by block type."""
+    merged: dict[str, list] = {}
+    for path in sorted(directory.glob("*.tf")):
+        for block_type, blocks in parse(path).items():
+            merged.setdefault(block_type, []).extend(blocks)
+    return merged
+
+
+def labelled(blocks: list[dict]) -> dict[str, dict]:
+    """{"name": body} for one-label blocks (module, variable, output, provider)."""
+    return {name: body for block in blocks for name, body in block.items()}
+
+
+def resources(module: dict, kind: str = "resource") -> dict[tuple[str, str], dict]:
+    """{(type, name): body} for two-label blocks (resource, data)."""
+    return {
+        (rtype, name): body
+        for block in module.get(kind, [])
+        for rtype, named in block.items()
+        for name, body in named.items()
+    }
+
+
+def only(items: dict, rtype: str) -> dict:
+    found = [body for (kind, _), body in items.items() if kind == rtype]
+    assert len(found) == 1, f"expected exactly one {rtype}, found {len(found)}"
+    return found[0]
+
+
+def walk(value, path=()):
+    """Yield (key path, leaf) for every leaf of a parsed HCL structure."""
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            yield from walk(sub, path + (key,))
+    elif isinstance(value, list):
+        for sub in value:
+            yield from walk(sub, path)
+    else:
+        yield path, value
+
+
+@pytest.fixture(scope="module")
+def storage() -> dict:
+    return parse_dir(MODULES / "storage")
+
+
+@pytest.fixture(scope="module")
+def compute() -> dict:
+    return parse_dir(MODULES / "compute")
+
+
+@pytest.fixture(scope="module")
+def node_groups(compute) -> dict[str, dict]:
+    eks = labelled(compute["module"])["eks"]
+    assert eks["source"] == "terraform-aws-modules/eks/aws"
+    return eks["eks_managed_node_groups"]
+
+
+def test_layout_is_complete():
+    for name in MODULE_NAMES:
+        for file in ("main.tf", "variables.tf", "outputs.tf", "versions.tf"):
+            assert (MODULES / name / file).is_file(), f"modules/{name}/{file} missing"
+    for env in ENVS:
+        for file in ("main.tf", "variables.tf", "outputs.tf", "versions.tf", "terraform.tfvars.example"):
+            assert (INFRA / "envs" / env / file).is_file(), f"envs/{env}/{file} missing"
+    assert (INFRA / ".checkov.yaml").is_file()
+    assert (INFRA / "README.md").is_file()
+
+
+@pytest.mark.parametrize("path", TF_FILES, ids=[str(p.relative_to(INFRA)) for p in TF_FILES])
+def test_every_tf_file_parses(path):
+    assert isinstance(parse(path), dict)
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_tfvars_example_parses_and_sets_required_inputs(env):
+    values = parse(INFRA / "envs" / env / "terraform.tfvars.example")
+    # Every env variable without a default must appear in the example.
+    variables = labelled(parse_dir(INFRA / "envs" / env)["variable"])
+    required = {name for name, body in variables.items() if "default" not in body}
+    assert required <= set(values), f"tfvars example lacks {sorted(required - set(values))}"
+    assert {"Owner", "CostCenter"} <= set(values["required_tags"])
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_versions_pin_terraform_and_aws_5(env):
+    terraform = parse(INFRA / "envs" / env / "versions.tf")["terraform"][0]
+    assert terraform["required_version"].startswith(">=")
+    aws = terraform["required_providers"][0]["aws"]
+    assert aws["source"] == "hashicorp/aws"
+    assert re.fullmatch(r"~> 5\.\d+", aws["version"]), aws["version"]
+    # The remote backend is documented but commented out until its state bucket exists.
+    assert "backend" not in terraform
+    assert '# backend "s3"' in (INFRA / "envs" / env / "versions.tf").read_text()
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_env_provider_sets_required_default_tags(env):
+    env_dir = parse_dir(INFRA / "envs" / env)
+    providers = [body for block in env_dir["provider"] for name, body in block.items() if name == "aws"]
+    assert providers, "no aws provider block"
+    for provider in providers:
+        tags = provider["default_tags"][0]["tags"]
+        assert "var.required_tags" in tags
+        assert 'Project = "lmsleep"' in tags
+        assert "Environment = var.environment" in tags
+        assert 'ManagedBy = "terraform"' in tags
+    variables = labelled(env_dir["variable"])
+    assert variables["environment"]["default"] == env
+    assert "default" not in variables["required_tags"], "required_tags must be set by the operator"
+
+
+def test_modules_do_not_declare_providers():
+    # Providers (and so default_tags) live in the envs only; a module provider block would bypass the tags.
+    for name in MODULE_NAMES:
+        assert "provider" not in parse_dir(MODULES / name), f"modules/{name} declares a provider"
+
+
+def test_bucket_is_versioned(storage):
+    res = resources(storage)
+    versioning = only(res, "aws_s3_bucket_versioning")
+    assert versioning["bucket"] == "${aws_s3_bucket.data.id}"
+    assert versioning["versioning_configuration"][0]["status"] == "Enabled"
+
+
+def test_bucket_is_kms_encrypted_with_rotating_key(storage):
+    res = resources(storage)
+    sse = only(res, "aws_s3_bucket_server_side_encryption_configuration")
+    default = sse["rule"][0]["apply_server_side_encryption_by_default"][0]
+    assert default["sse_algorithm"] == "aws:kms"
+    assert default["kms_master_key_id"] == "${aws_kms_key.bucket.arn}"
+    assert only(res, "aws_kms_key")["enable_key_rotation"] is True
+
+
+def test_bucket_blocks_all_public_access(storage):
+    res = resources(storage)
+    block = only(res, "aws_s3_bucket_public_access_block")
+    for flag in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets"):
+        assert block[flag] is True, flag
+    ownership = only(res, "aws_s3_bucket_ownership_controls")
+    assert ownership["rule"][0]["object_ownership"] == "BucketOwnerEnforced"
+
+
+def test_bucket_policy_denies_insecure_transport(storage):
+    document = resources(storage, "data")[("aws_iam_policy_document", "tls_only")]
+    statement = document["statement"][0]
+    assert statement["effect"] == "Deny"
+    condition = statement["condition"][0]
+    assert (condition["variable"], condition["values"]) == ("aws:SecureTransport", ["false"])
+    assert only(resources(storage), "aws_s3_bucket_policy")["policy"] == "${data.aws_iam_policy_document.tls_only.json}"
+
+
+def test_bucket_expires_noncurrent_versions(storage):
+    lifecycle = only(resources(storage), "aws_s3_bucket_lifecycle_configuration")
+    assert any("noncurrent_version_expiration" in rule and rule["status"] == "Enabled" for rule in lifecycle["rule"])
+
+
+def test_nothing_is_public_read():
+    for path in TF_FILES:
+        for keys, leaf in walk(parse(path)):
+            if keys and keys[-1] == "acl":
+                assert not str(leaf).startswith("public-read"), f"{path}: acl = {leaf}"
+        assert not re.search(r'acl\s*=\s*"public-read', path.read_text()), path
+
+
+def test_gpu_node_group_is_tainted_labelled_and_nvidia(node_groups):
+    gpu = node_groups["gpu"]
+    assert gpu["taints"]["gpu"] == {"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}
+    assert gpu["labels"] == {"lmsleep/stage-class": "gpu"}
+    assert gpu["ami_type"] == "${var.gpu_ami_type}"
+    assert gpu["capacity_type"] == "${var.gpu_capacity_type}"
+    variables = labelled(parse_dir(MODULES / "compute")["variable"])
+    assert variables["gpu_ami_type"]["default"] in GPU_AMI_TYPES
+    for env in ENVS:
+        env_vars = labelled(parse_dir(INFRA / "envs" / env)["variable"])
+        assert env_vars["gpu_ami_type"]["default"] in GPU_AMI_TYPES
+        assert env_vars["gpu_node_scaling"]["default"]["min"] == 0, "GPU group must scale to zero"
+    # Every GPU-classed node group carries the taint, whatever it is called.
+    for name, group in node_groups.items():
+        if "NVIDIA" in str(group.get("ami_type", "")) or "gpu" in str(group.get("labels", {})):
+            assert "nvidia.com/gpu" in str(group.get("taints")), f"GPU node group {name} is not tainted"
+
+
+def test_cpu_node_group_is_untainted_standard(node_groups):
+    cpu = node_groups["cpu"]
+    assert "taints" not in cpu
+    assert cpu["labels"] == {"lmsleep/stage-class": "cpu"}
+    assert "NVIDIA" not in cpu["ami_type"]
+
+
+def test_instance_types_come_from_variables(compute, node_groups):
+    assert node_groups["cpu"]["instance_types"] == "${local.cpu_instance_types}"
+    assert node_groups["gpu"]["instance_types"] == "${local.gpu_instance_types}"
+    module_locals = {k: v for block in compute["locals"] for k, v in block.items()}
+    assert "var.stage_instance_types" in module_locals["cpu_instance_types"]
+    assert "var.stage_instance_types" in module_locals["gpu_instance_types"]
+    instance = resources(compute)[("aws_instance", "single")]
+    assert instance["instance_type"] == "${var.single_instance_type}"
+    # No literal instance type in any resource, module call or local: only variable defaults may name one.
+    for name in MODULE_NAMES + ("../envs/dev", "../envs/prod"):
+        parsed = parse_dir(MODULES / name)
+        for block_type in ("resource", "module", "locals", "data"):
+            for keys, leaf in walk(parsed.get(block_type, [])):
+                assert not (isinstance(leaf, str) and INSTANCE_TYPE_LITERAL.match(leaf)), (
+                    f"{name}: literal instance type {leaf!r} at {'.'.join(keys)}"
+                )
+
+
+def test_single_mode_uses_a_deep_learning_ami_behind_mode_switch(compute):
+    ami = resources(compute, "data")[("aws_ami", "dlami")]
+    assert ami["count"] == '${local.is_single ? 1 : 0}'
+    assert ami["owners"] == ["amazon"]
+    variables = labelled(compute["variable"])
+    assert "Deep Learning" in variables["dlami_name_filter"]["default"]
+    assert "mode" in variables and "validation" in variables["mode"]
+    assert labelled(compute["module"])["eks"]["count"] == "${local.is_eks ? 1 : 0}"
+    assert resources(compute)[("aws_instance", "single")]["count"] == "${local.is_single ? 1 : 0}"
+
+
+def test_stage_maps_cover_the_same_stages():
+    for env in ENVS:
+        variables = labelled(parse_dir(INFRA / "envs" / env)["variable"])
+        classes = variables["stage_node_class"]["default"]
+        types = variables["stage_instance_types"]["default"]
+        assert set(classes) == set(types)
+        assert {"collect", "validate", "seed", "evaluate", "promote"} <= set(classes)
+        assert set(classes.values()) <= {"cpu", "gpu"}
+        assert classes["seed"] == "gpu" and classes["collect"] == "cpu"
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_env_calls_all_three_modules(env):
+    modules = labelled(parse_dir(INFRA / "envs" / env)["module"])
+    for name in MODULE_NAMES:
+        assert name in modules, f"envs/{env} does not call module {name}"
+        assert modules[name]["source"] == f"../../modules/{name}"
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_env_outputs_what_the_pipeline_reads(env):
+    outputs = labelled(parse_dir(INFRA / "envs" / env)["output"])
+    for name in ("dvc_remote_url", "stage_infrastructure", "bucket_name", "prefect_results_url", "region",
+                 "k8s_namespace", "k8s_service_account", "worker_role_arn"):
+        assert name in outputs, f"envs/{env} lacks output {name}"
+    assert outputs["dvc_remote_url"]["value"] == "${module.storage.dvc_remote_url}"
+    assert outputs["stage_infrastructure"]["value"] == "${module.prefect.stage_infrastructure}"
+
+
+def test_dvc_remote_url_and_stage_infrastructure_are_built_right():
+    storage_outputs = labelled(parse_dir(MODULES / "storage")["output"])
+    assert storage_outputs["dvc_remote_url"]["value"] == "s3://${aws_s3_bucket.data.id}/${var.dvc_prefix}"
+    assert labelled(parse_dir(MODULES / "storage")["variable"])["dvc_prefix"]["default"] == "dvcstore"
+    prefect = parse_dir(MODULES / "prefect")
+    assert labelled(prefect["output"])["stage_infrastructure"]["value"] == "${jsonencode(local.stage_infrastructure)}"
+    module_locals = {k: v for block in prefect["locals"] for k, v in block.items()}
+    assert module_locals["gpu_toleration"] == {
+        "key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule",
+    }
+    for field in ("node_selector", "tolerations", "resources", "instance_type", "node_class"):
+        assert field in module_locals["stage_infrastructure"]

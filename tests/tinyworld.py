@@ -1,0 +1,69 @@
+"""Test helpers shared by the unit tests: a tiny model workspace and small inbox days (no network, no hub)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from lmsleep.config import Params, Workspace, render_params_yaml
+from lmsleep.models import build_tiny
+
+REFERENCE = (
+    "A bicycle turns the push of a rider's legs into motion. The pedals turn a chain ring, the chain pulls the rear "
+    "sprocket, and the rear wheel rolls forward. Bread needs flour, water, salt and time; the dough rises while yeast "
+    "eats sugar and breathes out gas. In autumn the wind comes from the west and the evenings grow short. "
+) * 6
+
+
+def memory(i: int, text: str | None = None, probes: list | None = None, kind: str = "document") -> dict:
+    return {
+        "id": f"m-{i:03d}",
+        "time": "2026-11-26T09:00:00Z",
+        "source": "test:tinyworld",
+        "kind": kind,
+        "text": text or f"Captain Orlane Vesk{i} steers the ferry Quillmoth number {i} across the Dunmere river.",
+        "probes": probes if probes is not None else [{"question": f"Who steers ferry number {i}?",
+                                                       "answer": f"Orlane Vesk{i}"}],
+        "meta": {"lang": "en"},
+    }
+
+
+def write_day(inbox: Path, name: str, records: list[dict], extra_lines: list[bytes] = ()) -> Path:
+    inbox.mkdir(parents=True, exist_ok=True)
+    payload = b"".join(json.dumps(r).encode() + b"\n" for r in records) + b"".join(x + b"\n" for x in extra_lines)
+    path = inbox / name
+    path.write_bytes(payload)
+    return path
+
+
+def tiny_params(night: str = "n1") -> Params:
+    params = Params()
+    params.night.id = night
+    params.prepare_model.name = "tiny"
+    params.seed.epochs = 2
+    params.seed.lr = 5e-3
+    params.evaluate.max_new_tokens = 6
+    params.tracking.wandb_mode = "disabled"
+    return params
+
+
+_TINY_CACHE: dict[str, Path] = {}
+
+
+def tiny_workspace(root: Path, cache_dir: Path | None = None, night: str = "n1") -> tuple[Params, Workspace]:
+    """A workspace with params.yaml, the reference text and a built tiny base model (built once per cache dir)."""
+    ws = Workspace(root.resolve())
+    params = tiny_params(night)
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    (root / "data" / "reference.txt").write_text(REFERENCE)
+    (root / "params.yaml").write_text(render_params_yaml(params))
+    key = str(cache_dir)
+    if cache_dir is not None and key in _TINY_CACHE:
+        shutil.copytree(_TINY_CACHE[key], ws.base_model("tiny"))
+    else:
+        build_tiny(ws.base_model("tiny"), params.prepare_model, [REFERENCE])
+        if cache_dir is not None:
+            shutil.copytree(ws.base_model("tiny"), cache_dir / "tiny")
+            _TINY_CACHE[key] = cache_dir / "tiny"
+    return params, ws
