@@ -5,9 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 MODEL ?= smollm2
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE?=offline DO_NOT_TRACK=1 \
-       PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=60 \
-       DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false TOKENIZERS_PARALLELISM=false
+# The offline settings live in src/lmsleep/env.py (the CLI, the flow and the tests apply them); DVC's own
+# analytics are off in .dvc/config.
 
 .PHONY: venv sleep test test-slow status clean-nights
 

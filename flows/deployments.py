@@ -295,7 +295,9 @@ def main(argv: list[str] | None = None) -> None:
                           "`terraform output -raw prefect_job_variables > FILE` (used only when creating the pool)")
     cmd.add_argument("--no-automation", action="store_true", help="do not create/update the zombie automation")
     args = parser.parse_args(argv)
-    job_variables = json.loads(Path(args.kubernetes_job_variables).read_text()) if args.kubernetes_job_variables else None
+    job_variables = None
+    if args.kubernetes_job_variables:
+        job_variables = json.loads(Path(args.kubernetes_job_variables).read_text(encoding="utf-8"))
     done = apply(args.root, args.params_file, job_variables, automation=not args.no_automation)
     print(json.dumps(done, indent=2, default=str))
 

@@ -29,18 +29,8 @@ from pathlib import Path
 
 import pytest
 
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "WANDB_MODE": "disabled",
-    "WANDB_SILENT": "true",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
-    "DVC_NO_ANALYTICS": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-    "TOKENIZERS_PARALLELISM": "false",
-}
+from lmsleep.env import OFFLINE_ENV  # noqa: E402 - the one list of offline settings; tests add WANDB_MODE=disabled
+
 # Set at import, before any test module imports prefect/wandb/transformers (they read the environment once).
 for _key, _value in OFFLINE_ENV.items():
     os.environ.setdefault(_key, _value)
