@@ -10,7 +10,8 @@ With `infrastructure.mode: pools` the nightly flow (flows/nightly.py) runs each 
 - `process` -> `infrastructure.process_pool`: a process worker on one machine (`prefect worker start --pool ...`);
 - `kubernetes` -> `infrastructure.kubernetes_pool`: a Kubernetes worker; the pool's base job template is
   infra/prefect/kubernetes-base-job-template.json and `infrastructure.stage_job_variables[<stage>]` places the stage's
-  pod (cpu/gpu node class, GPU toleration and `nvidia.com/gpu` request, cpu/memory).
+  pod (cpu/gpu node class, GPU toleration and `nvidia.com/gpu` request, cpu/memory) and mounts the shared workspace
+  (PVC lmsleep-workspace, EFS) at `infrastructure.kubernetes_root` (/workspace), the root every such stage runs with.
 
 Every stage run gets `PREFECT_FLOWS_HEARTBEAT_FREQUENCY=<infrastructure.heartbeat_seconds>` in its env, and `apply`
 creates one automation that marks an lmsleep flow run Crashed only after `crash_after_silent_seconds` without a
@@ -119,10 +120,26 @@ def stage_job_variables(params: Params, stage: str, root: str | Path = ".") -> d
     if stage_pool_kind(params, stage) == "process":
         return {"env": heartbeat, "working_dir": stage_root(params, stage, root)}
     variables = copy.deepcopy(infra.stage_job_variables.get(stage, {}))
+    _check_workspace_mount(infra, stage, variables)
     variables["env"] = {**variables.get("env", {}), **heartbeat}
     if infra.image and "image" not in variables:
         variables["image"] = infra.image
     return variables
+
+
+def _check_workspace_mount(infra: InfrastructureConfig, stage: str, variables: dict[str, Any]) -> None:
+    """A Kubernetes stage that mounts volumes must mount one at (or above) kubernetes_root, or it would write its
+    files to the pod's own disk, where the next stage's pod never sees them. Without `volume_mounts` the pool's
+    defaults apply (terraform's prefect_job_variables mount the workspace PVC)."""
+    root = infra.kubernetes_root.rstrip("/")
+    mounts = variables.get("volume_mounts")
+    if not root or mounts is None:
+        return
+    paths = [str(m.get("mountPath", "")).rstrip("/") for m in mounts if isinstance(m, dict)]
+    if not any(root == p or root.startswith(p + "/") for p in paths):
+        raise ValueError(f"params: infrastructure.stage_job_variables.{stage}.volume_mounts mount nothing at "
+                         f"kubernetes_root '{infra.kubernetes_root}' (mounts: {paths}): the stage's files would not "
+                         f"reach the other stages")
 
 
 # ---------------------------------------------------------------- work pools

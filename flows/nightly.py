@@ -62,6 +62,16 @@ class StageRunFailed(RuntimeError):
     """Mode 'pools': a stage's own flow run did not complete, so the night stops there."""
 
 
+def cancel_stage_run(flow_run_id: Any, message: str) -> None:
+    """Ask the server to cancel a stage run that outlived `infrastructure.stage_timeout_seconds` (its pod is stopped
+    by the worker). Best effort: the night fails either way."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run_id, Cancelling(message=message), force=True)
+
+
 def _stage_run_summary(flow_run: Any) -> dict[str, Any]:
     """The stage's summary when its result was persisted (PREFECT_RESULTS_PERSIST_BY_DEFAULT), plus its run's id."""
     try:
@@ -77,18 +87,32 @@ def run_stages_on_pools(params: Params, ws: Workspace) -> dict[str, dict[str, An
 
     check_stage_deployments(params)
     logger = get_run_logger()
+    roots = {stage: stage_root(params, stage, ws.root) for stage in STAGES}
+    if len(set(roots.values())) > 1:
+        logger.warning("stages run with different workspace roots %s: they share files only if these paths are the "
+                       "same storage (e.g. the process worker mounts the workspace EFS there)", roots)
+    limit = params.infrastructure.stage_timeout_seconds
     summaries: dict[str, dict[str, Any]] = {}
     for stage in STAGES:
-        root = stage_root(params, stage, ws.root)
         flow_run = run_deployment(
             f"{STAGE_FLOW_NAME}/{stage}",
-            parameters={"stage": stage, "params_dict": params.to_dict(), "root": root},
+            parameters={"stage": stage, "params_dict": params.to_dict(), "root": roots[stage]},
             job_variables=stage_job_variables(params, stage, ws.root),
             flow_run_name=f"{params.night.id}-{stage}",
             tags=[f"night:{params.night.id}"],
-            timeout=None,  # a GPU stage may take hours: wait until the stage run is final
+            timeout=limit or None,  # 0: a GPU stage may take hours, wait until the stage run is final
         )
         state = flow_run.state
+        if limit and not (state and state.is_final()):
+            try:
+                cancel_stage_run(flow_run.id, f"lmsleep: stage_timeout_seconds={limit} exceeded")
+                cancelled = "cancelled it"
+            except Exception as exc:  # noqa: BLE001 - the night fails anyway; say that the run may still be going
+                cancelled = f"cancelling it failed ({exc}): cancel flow run {flow_run.id} by hand"
+            raise StageRunFailed(f"night {params.night.id}: stage {stage} (flow run {flow_run.id}) exceeded "
+                                 f"infrastructure.stage_timeout_seconds={limit} (still "
+                                 f"{state.name if state else 'without a state'}); {cancelled}; later stages were "
+                                 f"not started")
         if state is None or not state.is_completed():
             name = state.name if state else "no state"
             message = f": {state.message}" if state and state.message else ""

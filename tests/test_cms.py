@@ -96,9 +96,10 @@ def test_activating_an_expert_leaves_every_output_unchanged(arch, router, ids):
     assert torch.equal(logits(cms, ids), before)  # bit for bit
 
 
+@pytest.mark.parametrize("router", ["dense", "topk"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_inactive_experts_change_nothing_and_get_no_gradient(arch, ids):
-    cms = wrap_model(tiny_model(arch), two_levels())
+def test_inactive_experts_change_nothing_and_get_no_gradient(arch, router, ids):
+    cms = wrap_model(tiny_model(arch), two_levels(router))
     index = cms.activate_expert("slow")
     perturb(cms, "slow", index)
     before = logits(cms, ids)
@@ -183,6 +184,13 @@ def test_random_expert_is_temporary(ids):
         assert not torch.equal(logits(cms, ids), before)
     assert cms.active_experts("slow") == [0]
     assert torch.equal(logits(cms, ids), before)
+
+
+def test_generate_goes_through_the_experts(ids):
+    cms = wrap_model(tiny_model("llama"), two_levels("topk"))
+    plain = cms.generate(input_ids=ids[:1], max_new_tokens=4, do_sample=False)
+    perturb(cms, "slow", cms.activate_expert("slow"), std=2.0)
+    assert cms.generate(input_ids=ids[:1], max_new_tokens=4, do_sample=False).shape == plain.shape
 
 
 # ---------------------------------------------------------------- top-k router

@@ -15,6 +15,8 @@ from lmsleep.config import InfrastructureConfig, Params, params_from_dict, rende
 from lmsleep.pipeline import STAGES
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+WORKSPACE_VOLUMES = [{"name": "workspace", "persistentVolumeClaim": {"claimName": "lmsleep-workspace"}}]
+WORKSPACE_MOUNTS = [{"name": "workspace", "mountPath": "/workspace"}]
 
 
 def pools_params(**stage_pools: str) -> Params:
@@ -56,6 +58,12 @@ def test_infrastructure_params_defaults_and_validation() -> None:
         assert infra.stage_job_variables[stage]["node_selector"] == {"lmsleep/stage-class": "cpu"}
         assert "tolerations" not in infra.stage_job_variables[stage]
         assert "nvidia.com/gpu" not in json.dumps(infra.stage_job_variables[stage])
+    # every stage pod mounts the shared workspace (EFS PVC) where its flow runs: kubernetes_root
+    assert infra.kubernetes_root == "/workspace"
+    for stage, variables in infra.stage_job_variables.items():
+        assert variables["volumes"] == WORKSPACE_VOLUMES, stage
+        assert variables["volume_mounts"] == WORKSPACE_MOUNTS, stage
+    assert infra.stage_timeout_seconds == 0  # no limit unless params set one
     # defaults are deep copies: editing one Params never leaks into another
     infra.stage_job_variables["seed"]["resources"]["limits"]["nvidia.com/gpu"] = "8"
     assert Params().infrastructure.stage_job_variables["seed"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -68,6 +76,8 @@ def test_infrastructure_params_defaults_and_validation() -> None:
         params_from_dict({"infrastructure": {"mode": "cloud"}})
     with pytest.raises(ValueError, match="'process' or 'kubernetes'"):
         params_from_dict({"infrastructure": {"stage_pools": {"seed": "gpu"}}})
+    with pytest.raises(ValueError, match="stage_timeout_seconds must be >= 0"):
+        InfrastructureConfig(stage_timeout_seconds=-1)
     with pytest.raises(ValueError, match="heartbeat_seconds must be >= 30"):
         InfrastructureConfig(heartbeat_seconds=10)
     with pytest.raises(ValueError, match="crash_after_silent_seconds must be >= 3 x heartbeat_seconds"):
@@ -100,6 +110,15 @@ def test_stage_job_variables_follow_params(tmp_path) -> None:
     infra.stage_job_variables["seed"]["env"] = {HEARTBEAT_ENV: "600", "EXTRA": "1"}
     assert stage_job_variables(params, "seed", tmp_path)["env"] == {HEARTBEAT_ENV: "45", "EXTRA": "1"}
     assert params.infrastructure.stage_job_variables["seed"]["env"][HEARTBEAT_ENV] == "600"  # params not mutated
+
+    # a stage whose mounts miss kubernetes_root would write where the next stage's pod cannot read
+    infra.stage_job_variables["seed"]["volume_mounts"] = [{"name": "workspace", "mountPath": "/data"}]
+    with pytest.raises(ValueError, match="seed.volume_mounts mount nothing at kubernetes_root '/workspace'"):
+        stage_job_variables(params, "seed", tmp_path)
+    infra.stage_job_variables["seed"]["volume_mounts"] = [{"name": "workspace", "mountPath": "/"}]
+    assert stage_job_variables(params, "seed", tmp_path)["volume_mounts"][0]["mountPath"] == "/"  # above the root
+    del infra.stage_job_variables["seed"]["volume_mounts"]  # none: the pool's defaults (terraform) apply
+    assert "volume_mounts" not in stage_job_variables(params, "seed", tmp_path)
 
     infra.stage_pools["sede"] = "kubernetes"
     with pytest.raises(ValueError, match="unknown stage"):
@@ -206,6 +225,15 @@ def test_stage_deployments_sit_on_the_pools_params_choose(prefect_harness, tmp_p
         assert pod["tolerations"] == [GPU_TOLERATION]
         assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
+        # seed writes the adapter, evaluate (another pod, another node) reads it: both pods mount the same PVC at
+        # the same path, and both stage runs use that path as their workspace root
+        evaluate_pod = render_pod(pool.base_job_template, stored["evaluate"].job_variables)
+        assert pod["volumes"] == evaluate_pod["volumes"] == WORKSPACE_VOLUMES
+        assert pod["containers"][0]["volumeMounts"] == evaluate_pod["containers"][0]["volumeMounts"] == \
+            WORKSPACE_MOUNTS
+        assert stored["seed"].parameters["root"] == stored["evaluate"].parameters["root"] == "/workspace"
+        assert stored["collect"].parameters["root"] == str(tmp_path.resolve())  # process pool: the local root
+
         # params move seed to the process pool: applying again moves its deployment
         infra.stage_pools["seed"] = "process"
         for deployment in stage_deployments(params, tmp_path):
@@ -262,16 +290,18 @@ def test_zombie_automation_waits_crash_after_silent_seconds(prefect_harness) -> 
 class FakeRunDeployment:
     """Stands in for prefect.deployments.run_deployment: records calls, returns finished flow-run-like objects."""
 
-    def __init__(self, fail_at: str | None = None) -> None:
+    def __init__(self, fail_at: str | None = None, hang_at: str | None = None) -> None:
         self.calls: list[dict] = []
         self.fail_at = fail_at
+        self.hang_at = hang_at  # still Running when run_deployment's timeout is up
 
     def __call__(self, name, parameters=None, job_variables=None, **kwargs):
-        from prefect.states import Completed, Failed
+        from prefect.states import Completed, Failed, Running
 
         stage = name.split("/", 1)[1]
         self.calls.append({"name": name, "parameters": parameters, "job_variables": job_variables, **kwargs})
         state = (Failed(message="CUDA out of memory") if stage == self.fail_at
+                 else Running() if stage == self.hang_at
                  else Completed(data={"stage": stage, "rows": len(self.calls)}))
         return SimpleNamespace(id=uuid.uuid4(), name=f"run-{stage}", state=state)
 
@@ -301,7 +331,8 @@ def test_nightly_pools_mode_runs_each_stage_deployment_in_order(pools_night) -> 
     assert summaries["seed"]["stage"] == "seed" and "flow_run_id" in summaries["seed"]
     for call, stage in zip(calls, STAGES):
         assert call["parameters"]["stage"] == stage
-        assert call["parameters"]["root"] == str(pools_night.root.resolve())
+        # seed's pod works in the shared workspace it mounts; the process-pool stages in the night's root
+        assert call["parameters"]["root"] == ("/workspace" if stage == "seed" else str(pools_night.root.resolve()))
         assert params_from_dict(call["parameters"]["params_dict"]).night.id == "pools-n1"
         assert call["timeout"] is None  # long GPU stages: wait for the final state
         assert call["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
@@ -319,6 +350,30 @@ def test_a_failed_stage_run_stops_the_night(pools_night) -> None:
     assert state.is_failed()
     assert [c["name"].split("/")[1] for c in pools_night.fake.calls] == list(STAGES[: STAGES.index("seed") + 1])
     with pytest.raises(StageRunFailed, match="stage seed .* ended Failed: CUDA out of memory"):
+        state.result()
+
+
+def test_a_stage_over_its_time_limit_fails_the_night(pools_night, monkeypatch) -> None:
+    """infrastructure.stage_timeout_seconds: run_deployment waits that long; a stage still running is cancelled."""
+    import flows.nightly
+    from flows.nightly import StageRunFailed, nightly_sleep
+
+    params = pools_night.params
+    params.infrastructure.stage_timeout_seconds = 5400
+    write_params(pools_night.root, params)
+    cancelled = []
+    monkeypatch.setattr(flows.nightly, "cancel_stage_run", lambda run_id, message: cancelled.append((run_id, message)))
+    pools_night.fake.hang_at = "seed"
+
+    state = nightly_sleep(night="pools-n4", root=str(pools_night.root), return_state=True)
+
+    assert state.is_failed()
+    calls = pools_night.fake.calls
+    assert [c["name"].split("/")[1] for c in calls] == list(STAGES[: STAGES.index("seed") + 1])
+    assert all(c["timeout"] == 5400 for c in calls)
+    assert [message for _, message in cancelled] == ["lmsleep: stage_timeout_seconds=5400 exceeded"]
+    with pytest.raises(StageRunFailed, match=r"stage seed .* exceeded infrastructure.stage_timeout_seconds=5400 "
+                                             r"\(still Running\); cancelled it; later stages were not started"):
         state.result()
 
 

@@ -3,7 +3,9 @@
 What they pin down: every .tf parses; each env tags everything through provider default_tags; the data bucket is
 versioned, KMS-encrypted and fully blocks public access; nothing is public-read; the GPU node group is tainted and uses
 an NVIDIA AMI; instance types come from variables; both envs wire all three modules and expose what the pipeline
-reads (dvc_remote_url, stage_infrastructure). checkov (make infra-check) covers the generic security checks.
+reads (dvc_remote_url, stage_infrastructure); the stage pods share one encrypted, backed-up EFS workspace (NFS from
+the nodes only) through the EFS CSI add-on and PVC lmsleep-workspace. checkov (make infra-check) covers the generic
+security checks.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ MODULES = INFRA / "modules"
 ENVS = ("dev", "prod")
 MODULE_NAMES = ("storage", "compute", "prefect")
 TF_FILES = sorted(INFRA.rglob("*.tf"))
+WORKSPACE_MANIFEST = INFRA / "kubernetes" / "workspace.yaml"
 OPTIONS = hcl2.SerializationOptions(with_comments=False, explicit_blocks=False, strip_string_quotes=True)
 GPU_AMI_TYPES = {"AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"}
 # A literal EC2 instance type such as "g5.xlarge" or "m6i.large".
@@ -98,6 +101,7 @@ def test_layout_is_complete():
             assert (INFRA / "envs" / env / file).is_file(), f"envs/{env}/{file} missing"
     assert (INFRA / ".checkov.yaml").is_file()
     assert (INFRA / "README.md").is_file()
+    assert WORKSPACE_MANIFEST.is_file()
 
 
 @pytest.mark.parametrize("path", TF_FILES, ids=[str(p.relative_to(INFRA)) for p in TF_FILES])
@@ -162,7 +166,8 @@ def test_bucket_is_kms_encrypted_with_rotating_key(storage):
     default = sse["rule"][0]["apply_server_side_encryption_by_default"][0]
     assert default["sse_algorithm"] == "aws:kms"
     assert default["kms_master_key_id"] == "${aws_kms_key.bucket.arn}"
-    assert only(res, "aws_kms_key")["enable_key_rotation"] is True
+    assert res[("aws_kms_key", "bucket")]["enable_key_rotation"] is True
+    assert all(key["enable_key_rotation"] is True for (kind, _), key in res.items() if kind == "aws_kms_key")
 
 
 def test_bucket_blocks_all_public_access(storage):
@@ -291,3 +296,131 @@ def test_dvc_remote_url_and_stage_infrastructure_are_built_right():
     }
     for field in ("node_selector", "tolerations", "resources", "instance_type", "node_class"):
         assert field in module_locals["stage_infrastructure"]
+
+
+# ---------------------------------------------------------------- the shared workspace (EFS) of the stage pods
+
+
+def test_workspace_efs_is_kms_encrypted_and_backed_up(storage):
+    res = resources(storage)
+    efs = res[("aws_efs_file_system", "workspace")]
+    assert efs["encrypted"] is True
+    assert efs["kms_key_id"] == "${aws_kms_key.workspace[0].arn}"
+    assert res[("aws_kms_key", "workspace")]["enable_key_rotation"] is True
+    assert "policy" in res[("aws_kms_key", "workspace")]
+    assert efs["tags"]["Name"] == "${var.name_prefix}-workspace"
+    backup = only(res, "aws_efs_backup_policy")
+    assert backup["file_system_id"] == "${aws_efs_file_system.workspace[0].id}"
+    assert backup["backup_policy"][0]["status"] == "ENABLED"
+    policy = only(res, "aws_efs_file_system_policy")["policy"]
+    assert "aws:SecureTransport" in policy and "Deny" in policy  # TLS-only, like the bucket
+    # Created only where stage pods need it; the envs switch it on in eks mode.
+    assert efs["count"] == "${local.workspace_count}"
+    for env in ENVS:
+        call = labelled(parse_dir(INFRA / "envs" / env)["module"])["storage"]
+        assert call["create_workspace"] == '${var.mode == "eks"}'
+
+
+def test_workspace_access_point_pins_posix_user_and_root(storage):
+    point = only(resources(storage), "aws_efs_access_point")
+    assert point["file_system_id"] == "${aws_efs_file_system.workspace[0].id}"
+    assert set(point["posix_user"][0]) == {"uid", "gid"}
+    root = point["root_directory"][0]
+    assert root["path"] == "/lmsleep"
+    assert set(root["creation_info"][0]) == {"owner_uid", "owner_gid", "permissions"}
+
+
+def test_workspace_nfs_is_open_to_the_nodes_only(storage):
+    res = resources(storage)
+    group = res[("aws_security_group", "workspace")]
+    assert "egress" not in group
+    (ingress,) = group["ingress"]
+    assert (ingress["from_port"], ingress["to_port"], ingress["protocol"]) == (2049, 2049, "tcp")
+    assert ingress["security_groups"] == "${var.workspace_client_security_group_ids}"
+    assert ingress["cidr_blocks"] == "${var.workspace_client_cidr_blocks}"
+    variables = labelled(storage["variable"])
+    assert variables["workspace_client_cidr_blocks"]["default"] == []
+    assert "0.0.0.0/0" in str(variables["workspace_client_cidr_blocks"]["validation"])  # refused
+    assert "0.0.0.0/0" not in str(group)
+    targets = res[("aws_efs_mount_target", "workspace")]
+    assert targets["subnet_id"] == "${each.value}"
+    assert "var.subnet_ids" in targets["for_each"]
+    assert targets["security_groups"] == ["${aws_security_group.workspace[0].id}"]
+    for env in ENVS:
+        call = labelled(parse_dir(INFRA / "envs" / env)["module"])["storage"]
+        assert call["workspace_client_security_group_ids"] == "${compact([module.compute.node_security_group_id])}"
+        assert call["subnet_ids"] == "${var.subnet_ids}"
+
+
+def test_efs_csi_driver_addon_with_irsa_role(compute):
+    addons = labelled(compute["module"])["eks"]["cluster_addons"]
+    assert {"coredns", "kube-proxy", "vpc-cni", "aws-efs-csi-driver"} <= set(addons)
+    assert addons["aws-efs-csi-driver"]["service_account_role_arn"] == "${one(aws_iam_role.efs_csi[*].arn)}"
+    res = resources(compute)
+    assert res[("aws_iam_role", "efs_csi")]["count"] == "${local.is_eks ? 1 : 0}"
+    attachment = res[("aws_iam_role_policy_attachment", "efs_csi")]
+    assert attachment["policy_arn"].endswith("/service-role/AmazonEFSCSIDriverPolicy")
+    trust = resources(compute, "data")[("aws_iam_policy_document", "efs_csi_assume")]["statement"][0]
+    assert trust["actions"] == ["sts:AssumeRoleWithWebIdentity"]
+    assert ["system:serviceaccount:kube-system:efs-csi-*"] in [c["values"] for c in trust["condition"]]
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_env_outputs_the_workspace(env):
+    outputs = labelled(parse_dir(INFRA / "envs" / env)["output"])
+    assert outputs["efs_file_system_id"]["value"] == "${module.storage.efs_file_system_id}"
+    assert outputs["efs_access_point_id"]["value"] == "${module.storage.efs_access_point_id}"
+    assert outputs["kubernetes_workspace_manifest"]["value"] == "${module.prefect.kubernetes_workspace_manifest}"
+    prefect_call = labelled(parse_dir(INFRA / "envs" / env)["module"])["prefect"]
+    assert prefect_call["efs_file_system_id"] == "${module.storage.efs_file_system_id}"
+    assert prefect_call["efs_access_point_id"] == "${module.storage.efs_access_point_id}"
+
+
+def test_pool_job_variables_mount_the_workspace_like_params():
+    """terraform's prefect_job_variables (the pool defaults) mount the same PVC at the same path as params' defaults."""
+    from lmsleep.config import WORKSPACE_MOUNT_PATH, WORKSPACE_PVC, InfrastructureConfig
+
+    prefect = parse_dir(MODULES / "prefect")
+    module_locals = {k: v for block in prefect["locals"] for k, v in block.items()}
+    assert module_locals["workspace_volumes"] == [
+        {"name": "workspace", "persistentVolumeClaim": {"claimName": "${var.workspace_pvc_name}"}}]
+    assert module_locals["workspace_volume_mounts"] == [
+        {"name": "workspace", "mountPath": "${var.workspace_mount_path}"}]
+    assert "local.workspace_volumes" in module_locals["prefect_job_variables"]
+    assert "local.workspace_volume_mounts" in module_locals["prefect_job_variables"]
+    variables = labelled(prefect["variable"])
+    assert variables["workspace_pvc_name"]["default"] == WORKSPACE_PVC == "lmsleep-workspace"
+    assert variables["workspace_mount_path"]["default"] == WORKSPACE_MOUNT_PATH == "/workspace"
+    assert InfrastructureConfig().kubernetes_root == WORKSPACE_MOUNT_PATH
+
+
+def test_workspace_manifest_renders_a_readwritemany_efs_pvc():
+    """infra/kubernetes/workspace.yaml, filled the way the prefect module's templatefile (or envsubst) fills it."""
+    import string
+
+    import yaml
+
+    text = WORKSPACE_MANIFEST.read_text(encoding="utf-8")
+    placeholders = set(re.findall(r"\$\{(\w+)\}", text))
+    assert text.count("${") == len(re.findall(r"\$\{\w+\}", text)), "only ${NAME} placeholders (templatefile)"
+    assert "%{" not in text
+    # templatefile gets exactly these variables (a missing one fails at plan time)
+    outputs = (MODULES / "prefect" / "outputs.tf").read_text(encoding="utf-8")
+    assert 'templatefile("${path.module}/../../kubernetes/workspace.yaml"' in outputs
+    for name in placeholders:
+        assert re.search(rf"\b{name}\s*=", outputs), f"templatefile does not set {name}"
+    values = {"NAMESPACE": "lmsleep", "STORAGE_CLASS": "lmsleep-efs", "PVC_NAME": "lmsleep-workspace",
+              "EFS_FILE_SYSTEM_ID": "fs-0123", "EFS_ACCESS_POINT_ID": "fsap-0456"}
+    assert placeholders == set(values)
+    docs = {doc["kind"]: doc for doc in yaml.safe_load_all(string.Template(text).substitute(values))}
+    assert set(docs) == {"StorageClass", "PersistentVolume", "PersistentVolumeClaim"}
+    assert docs["StorageClass"]["provisioner"] == "efs.csi.aws.com"
+    pv, pvc = docs["PersistentVolume"]["spec"], docs["PersistentVolumeClaim"]
+    assert pv["accessModes"] == pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pv["csi"]["driver"] == "efs.csi.aws.com"
+    assert pv["csi"]["volumeHandle"] == "fs-0123::fsap-0456"
+    assert pv["persistentVolumeReclaimPolicy"] == "Retain"
+    assert pvc["metadata"] == {"name": "lmsleep-workspace", "namespace": "lmsleep",
+                               "labels": {"app.kubernetes.io/part-of": "lmsleep"}}
+    assert pvc["spec"]["volumeName"] == docs["PersistentVolume"]["metadata"]["name"]
+    assert pvc["spec"]["storageClassName"] == pv["storageClassName"] == docs["StorageClass"]["metadata"]["name"]

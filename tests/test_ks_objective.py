@@ -128,7 +128,7 @@ def test_mask_is_honoured(kind, beta):
     # whatever sits at masked-out positions changes neither the loss nor receives gradient
     student = student.clone().requires_grad_(True)
     noisy_teacher = torch.where(mask.bool().unsqueeze(-1), teacher, teacher + 100 * torch.randn_like(teacher))
-    loss = generalized_distillation_loss(noisy_teacher, student, mask, "jsd" if kind == "jsd" else kind, beta)
+    loss = generalized_distillation_loss(noisy_teacher, student, mask, kind, beta)
     assert loss.item() == pytest.approx(expected.sum() / 4, rel=1e-10)
     loss.backward()
     assert torch.all(student.grad[~mask.bool()] == 0)
@@ -147,7 +147,7 @@ def test_divergences_are_nonnegative_and_zero_on_identical_distributions(kind, b
         assert torch.all(divergence(kind, teacher, student, beta=beta) >= 0)
     same = random_logits(3, 5, 13, seed=7)
     shifted = same + 3.0  # a constant shift of the logits is the same distribution
-    assert torch.allclose(divergence(kind, same, shifted, beta=beta), torch.zeros(3, 5, dtype=torch.float64), atol=1e-12)
+    assert divergence(kind, same, shifted, beta=beta).abs().max() < 1e-12
 
 
 def test_jsd_at_half_is_symmetric_and_bounded_by_ln2():
@@ -171,7 +171,8 @@ def test_jsd_beta_limits_are_forward_and_reverse_kl():
     assert torch.equal(generalized_jsd(teacher, student, beta=1.0), reverse)
     # approaching them: JSD / beta -> KL(T||S), JSD / (1 - beta) -> KL(S||T), raw JSD -> 0
     small = 1e-5
-    near_zero, near_one = generalized_jsd(teacher, student, beta=small), generalized_jsd(teacher, student, beta=1 - small)
+    near_zero = generalized_jsd(teacher, student, beta=small)
+    near_one = generalized_jsd(teacher, student, beta=1 - small)
     assert torch.allclose(near_zero / small, forward, rtol=1e-3)
     assert torch.allclose(near_one / small, reverse, rtol=1e-3)
     assert torch.all(near_zero < 1e-3 * forward) and torch.all(near_one < 1e-3 * reverse)
@@ -379,7 +380,7 @@ def test_judge_falls_back_to_normalised_exact_match(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError):
         SemanticJudge(model_dir=tmp_path / "missing", fallback=False)
     # with no package installed at all, the default judge falls back instead of failing
-    monkeypatch.setattr(judge_module.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(judge_module, "MODEL_PACKAGE", "no_such_minilm_package")
     assert judge_module.find_minilm_dir() is None
     assert not SemanticJudge().uses_model
 

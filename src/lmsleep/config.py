@@ -108,8 +108,22 @@ class TrackingConfig:
     project: str = _f("lmsleep", "W&B project")
 
 
+# The shared workspace of the Kubernetes stage pods: a ReadWriteMany PVC (EFS; infra/kubernetes/workspace.yaml) that
+# every stage mounts at the same path, which is also the root each stage flow runs with (kubernetes_root).
+WORKSPACE_PVC = "lmsleep-workspace"
+WORKSPACE_MOUNT_PATH = "/workspace"
+
+
+def _workspace_job_variables() -> dict[str, Any]:
+    return {
+        "volumes": [{"name": "workspace", "persistentVolumeClaim": {"claimName": WORKSPACE_PVC}}],
+        "volume_mounts": [{"name": "workspace", "mountPath": WORKSPACE_MOUNT_PATH}],
+    }
+
+
 def _gpu_stage_job_variables() -> dict[str, Any]:
     return {
+        **_workspace_job_variables(),
         "node_selector": {"lmsleep/stage-class": "gpu"},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
         "resources": {"requests": {"cpu": "3", "memory": "8Gi", "nvidia.com/gpu": "1"},
@@ -119,6 +133,7 @@ def _gpu_stage_job_variables() -> dict[str, Any]:
 
 def _cpu_stage_job_variables(cpu: str, memory: str, memory_limit: str) -> dict[str, Any]:
     return {
+        **_workspace_job_variables(),
         "node_selector": {"lmsleep/stage-class": "cpu"},
         "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory_limit}},
     }
@@ -155,13 +170,17 @@ class InfrastructureConfig:
     stage_job_variables: dict = field(
         default_factory=_default_stage_job_variables,
         metadata={"help": "stage -> job variables on the kubernetes pool (node_selector, tolerations, resources, "
-                          "env, image, volumes...; matches terraform's stage_infrastructure); ignored on the "
-                          "process pool"},
+                          "env, image, volumes...; matches terraform's stage_infrastructure; every stage mounts the "
+                          "workspace PVC at kubernetes_root); ignored on the process pool"},
     )
     image: str = _f("", "container image of stage pods on the kubernetes pool (this repo installed, params.yaml in "
                         "its workdir); empty = the pool's default image")
-    kubernetes_root: str = _f("", "workspace root inside stage pods (a volume every stage pod mounts, e.g. an EFS "
-                                  "PVC); empty = the nightly run's root")
+    kubernetes_root: str = _f(WORKSPACE_MOUNT_PATH, "workspace root of stage flow runs on the kubernetes pool: where "
+                                                    "every stage pod mounts the shared PVC lmsleep-workspace (EFS, "
+                                                    "infra/kubernetes/workspace.yaml); empty = the nightly run's root")
+    stage_timeout_seconds: int = _f(0, "mode 'pools': the night fails (and cancels the stage run) if one stage run is "
+                                       "not final after this many seconds, counted from its submission (waiting for a "
+                                       "node included); 0 = wait as long as it takes")
     heartbeat_seconds: int = _f(30, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY of stage flow runs (>= 30; Prefect's default "
                                     "is 180): a live run, however long, heartbeats this often")
     crash_after_silent_seconds: int = _f(300, "the zombie automation marks an lmsleep flow run Crashed after this "
@@ -180,6 +199,8 @@ class InfrastructureConfig:
             fail("stage_job_variables", "must map each stage to a dict of job variables")
         if self.heartbeat_seconds < 30:
             fail("heartbeat_seconds", f"must be >= 30 (Prefect's minimum), got {self.heartbeat_seconds}")
+        if self.stage_timeout_seconds < 0:
+            fail("stage_timeout_seconds", f"must be >= 0 (0 = no limit), got {self.stage_timeout_seconds}")
         if self.crash_after_silent_seconds < 3 * self.heartbeat_seconds:
             fail("crash_after_silent_seconds", f"must be >= 3 x heartbeat_seconds ({3 * self.heartbeat_seconds}), "
                                                f"got {self.crash_after_silent_seconds}")

@@ -46,6 +46,12 @@ variable "force_destroy" {
   default     = true
 }
 
+variable "workspace_client_cidr_blocks" {
+  description = "Extra CIDRs (e.g. the VPC CIDR) allowed NFS to the workspace EFS; the EKS node security group always is."
+  type        = list(string)
+  default     = []
+}
+
 # --- compute ------------------------------------------------------------------------------
 
 variable "mode" {

@@ -23,6 +23,13 @@ module "storage" {
   access_log_bucket                  = var.access_log_bucket
   noncurrent_version_expiration_days = var.noncurrent_version_expiration_days
   force_destroy                      = var.force_destroy
+
+  # Shared workspace (EFS) of the stage pods: eks mode only, NFS from the node security group (+ optional CIDRs).
+  create_workspace                    = var.mode == "eks"
+  vpc_id                              = var.vpc_id
+  subnet_ids                          = var.subnet_ids
+  workspace_client_security_group_ids = compact([module.compute.node_security_group_id])
+  workspace_client_cidr_blocks        = var.workspace_client_cidr_blocks
 }
 
 module "compute" {
@@ -74,4 +81,7 @@ module "prefect" {
   stage_node_class     = var.stage_node_class
   stage_instance_types = var.stage_instance_types
   stage_class_label    = module.compute.stage_class_label
+
+  efs_file_system_id  = module.storage.efs_file_system_id
+  efs_access_point_id = module.storage.efs_access_point_id
 }

@@ -23,6 +23,16 @@ output "kms_key_arn" {
   value       = module.storage.kms_key_arn
 }
 
+output "efs_file_system_id" {
+  description = "Shared workspace EFS file system of the stage pods (null in single mode)."
+  value       = module.storage.efs_file_system_id
+}
+
+output "efs_access_point_id" {
+  description = "EFS access point (root /lmsleep) of the workspace PV (null in single mode)."
+  value       = module.storage.efs_access_point_id
+}
+
 output "mode" {
   description = "Compute mode: eks or single."
   value       = module.compute.mode
@@ -66,6 +76,21 @@ output "stage_infrastructure" {
 output "prefect_job_variables" {
   description = "JSON: base job variables of the Prefect Kubernetes work pool."
   value       = module.prefect.prefect_job_variables
+}
+
+output "kubernetes_workspace" {
+  description = "Workspace on Kubernetes: namespace, storage_class, pvc_name, mount_path, EFS ids, PV volume_handle."
+  value       = module.prefect.kubernetes_workspace
+}
+
+output "kubernetes_workspace_manifest" {
+  description = "StorageClass + PV + PVC of the workspace (infra/kubernetes/workspace.yaml, filled): | kubectl apply -f -"
+  value       = module.prefect.kubernetes_workspace_manifest
+}
+
+output "efs_csi_role_arn" {
+  description = "IRSA role of the aws-efs-csi-driver add-on (null in single mode)."
+  value       = module.compute.efs_csi_role_arn
 }
 
 output "pipeline_config" {

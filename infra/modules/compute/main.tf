@@ -141,6 +141,10 @@ module "eks" {
     coredns    = {}
     kube-proxy = {}
     vpc-cni    = {}
+    # Mounts the shared workspace (storage module EFS) as PVC lmsleep-workspace: infra/kubernetes/workspace.yaml.
+    aws-efs-csi-driver = {
+      service_account_role_arn = one(aws_iam_role.efs_csi[*].arn)
+    }
   }
 
   eks_managed_node_group_defaults = {
@@ -207,6 +211,47 @@ module "eks" {
       }
     }
   }
+}
+
+# IRSA role of the EFS CSI driver's service accounts (kube-system:efs-csi-*), as AWS documents for the add-on.
+data "aws_iam_policy_document" "efs_csi_assume" {
+  count = local.is_eks ? 1 : 0
+
+  statement {
+    actions = ["sts:AssumeRoleWithWebIdentity"]
+
+    principals {
+      type        = "Federated"
+      identifiers = [module.eks[0].oidc_provider_arn]
+    }
+
+    condition {
+      test     = "StringLike"
+      variable = "${module.eks[0].oidc_provider}:sub"
+      values   = ["system:serviceaccount:kube-system:efs-csi-*"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "${module.eks[0].oidc_provider}:aud"
+      values   = ["sts.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "efs_csi" {
+  count = local.is_eks ? 1 : 0
+
+  name               = "${var.name_prefix}-efs-csi"
+  description        = "IRSA role of the aws-efs-csi-driver EKS add-on"
+  assume_role_policy = data.aws_iam_policy_document.efs_csi_assume[0].json
+}
+
+resource "aws_iam_role_policy_attachment" "efs_csi" {
+  count = local.is_eks ? 1 : 0
+
+  role       = aws_iam_role.efs_csi[0].name
+  policy_arn = "${local.policy_arn_prefix}/service-role/AmazonEFSCSIDriverPolicy"
 }
 
 # --- mode = "single" --------------------------------------------------------------------------

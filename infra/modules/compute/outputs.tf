@@ -57,3 +57,13 @@ output "single_instance_id" {
   description = "Instance id of the one box (null in eks mode)."
   value       = local.is_single ? aws_instance.single[0].id : null
 }
+
+output "node_security_group_id" {
+  description = "Security group of the EKS nodes, allowed to reach the workspace EFS over NFS (null in single mode)."
+  value       = local.is_eks ? module.eks[0].node_security_group_id : null
+}
+
+output "efs_csi_role_arn" {
+  description = "IRSA role of the aws-efs-csi-driver add-on (null in single mode)."
+  value       = one(aws_iam_role.efs_csi[*].arn)
+}

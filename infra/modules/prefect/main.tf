@@ -28,8 +28,14 @@ locals {
     }
   }
 
+  # The shared workspace: every stage pod mounts PVC workspace_pvc_name (EFS, ReadWriteMany) at
+  # workspace_mount_path, the root each stage flow runs with (params: infrastructure.kubernetes_root).
+  workspace_volumes       = [{ name = "workspace", persistentVolumeClaim = { claimName = var.workspace_pvc_name } }]
+  workspace_volume_mounts = [{ name = "workspace", mountPath = var.workspace_mount_path }]
+
   # Base job variables of the Kubernetes work pool (per-stage ones come from stage_infrastructure).
-  prefect_job_variables = {
+  # volumes / volume_mounts are pool defaults, so every stage gets the workspace even if its deployment sets none.
+  prefect_job_variables = merge({
     namespace            = var.namespace
     service_account_name = var.service_account
     env = {
@@ -39,6 +45,20 @@ locals {
       PREFECT_RESULTS_PERSIST_BY_DEFAULT = "true"
       PREFECT_LOCAL_STORAGE_PATH         = var.prefect_results_url
     }
+    }, local.is_eks ? {
+    volumes       = local.workspace_volumes
+    volume_mounts = local.workspace_volume_mounts
+  } : {})
+
+  # What infra/kubernetes/workspace.yaml needs (StorageClass + PV + PVC, applied once with kubectl).
+  kubernetes_workspace = {
+    namespace           = var.namespace
+    storage_class       = var.workspace_storage_class
+    pvc_name            = var.workspace_pvc_name
+    mount_path          = var.workspace_mount_path
+    efs_file_system_id  = var.efs_file_system_id
+    efs_access_point_id = var.efs_access_point_id
+    volume_handle       = local.is_eks ? "${var.efs_file_system_id}::${var.efs_access_point_id}" : null
   }
 }
 

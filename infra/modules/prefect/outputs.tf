@@ -28,6 +28,22 @@ output "prefect_job_variables" {
   value       = jsonencode(local.prefect_job_variables)
 }
 
+output "kubernetes_workspace" {
+  description = "The shared workspace on Kubernetes: namespace, storage_class, pvc_name, mount_path, EFS ids, PV volume_handle."
+  value       = local.kubernetes_workspace
+}
+
+output "kubernetes_workspace_manifest" {
+  description = "infra/kubernetes/workspace.yaml with the ids filled in (StorageClass + PV + PVC); pipe to `kubectl apply -f -`. Null in single mode."
+  value = local.is_eks ? templatefile("${path.module}/../../kubernetes/workspace.yaml", {
+    NAMESPACE           = var.namespace
+    STORAGE_CLASS       = var.workspace_storage_class
+    PVC_NAME            = var.workspace_pvc_name
+    EFS_FILE_SYSTEM_ID  = var.efs_file_system_id
+    EFS_ACCESS_POINT_ID = var.efs_access_point_id
+  }) : null
+}
+
 output "pipeline_config" {
   description = "Everything the pipeline reads, as one object."
   value = {
@@ -40,5 +56,7 @@ output "pipeline_config" {
     namespace           = var.namespace
     service_account     = var.service_account
     work_pool_name      = var.work_pool_name
+    workspace_pvc_name  = var.workspace_pvc_name
+    kubernetes_root     = var.workspace_mount_path
   }
 }

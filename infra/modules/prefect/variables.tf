@@ -82,3 +82,37 @@ variable "stage_class_label" {
   description = "Node label key selecting the node class (compute module)."
   type        = string
 }
+
+# --- shared workspace (Kubernetes side of the storage module's EFS) ---------------------------
+
+variable "efs_file_system_id" {
+  description = "Workspace EFS file system (storage module; null there in single mode, \"\" here)."
+  type        = string
+  default     = ""
+  nullable    = false
+}
+
+variable "efs_access_point_id" {
+  description = "Workspace EFS access point (storage module; null there in single mode, \"\" here)."
+  type        = string
+  default     = ""
+  nullable    = false
+}
+
+variable "workspace_storage_class" {
+  description = "StorageClass of the workspace PV/PVC (infra/kubernetes/workspace.yaml)."
+  type        = string
+  default     = "lmsleep-efs"
+}
+
+variable "workspace_pvc_name" {
+  description = "ReadWriteMany PVC every stage pod mounts (params: infrastructure.stage_job_variables volumes)."
+  type        = string
+  default     = "lmsleep-workspace"
+}
+
+variable "workspace_mount_path" {
+  description = "Where stage pods mount the workspace; must equal params infrastructure.kubernetes_root."
+  type        = string
+  default     = "/workspace"
+}

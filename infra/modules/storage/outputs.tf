@@ -32,3 +32,13 @@ output "prefect_results_url" {
   description = "Value for PREFECT_LOCAL_STORAGE_PATH / result storage block base path."
   value       = "s3://${aws_s3_bucket.data.id}/${var.prefect_results_prefix}"
 }
+
+output "efs_file_system_id" {
+  description = "Shared workspace EFS file system (null without create_workspace)."
+  value       = one(aws_efs_file_system.workspace[*].id)
+}
+
+output "efs_access_point_id" {
+  description = "EFS access point (root /lmsleep) the workspace PV mounts (null without create_workspace)."
+  value       = one(aws_efs_access_point.workspace[*].id)
+}

@@ -50,3 +50,58 @@ variable "kms_deletion_window_days" {
   type        = number
   default     = 30
 }
+
+# --- shared workspace (EFS, workspace.tf) ----------------------------------------------------
+
+variable "create_workspace" {
+  description = "Create the shared workspace EFS file system (needed when stages run as separate Kubernetes pods)."
+  type        = bool
+  default     = false
+}
+
+variable "vpc_id" {
+  description = "VPC of the workspace mount targets and their security group (required with create_workspace)."
+  type        = string
+  default     = null
+}
+
+variable "subnet_ids" {
+  description = "Node subnets, one per AZ: each gets a workspace mount target."
+  type        = list(string)
+  default     = []
+}
+
+variable "workspace_client_security_group_ids" {
+  description = "Security groups allowed to reach the workspace over NFS (2049/tcp): the EKS node security group."
+  type        = list(string)
+  default     = []
+}
+
+variable "workspace_client_cidr_blocks" {
+  description = "CIDRs allowed to reach the workspace over NFS (2049/tcp), e.g. the VPC CIDR; empty: security groups only."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = !contains(var.workspace_client_cidr_blocks, "0.0.0.0/0")
+    error_message = "workspace_client_cidr_blocks must not open NFS to 0.0.0.0/0."
+  }
+}
+
+variable "workspace_posix_uid" {
+  description = "POSIX uid every pod acts as on the workspace (EFS access point)."
+  type        = number
+  default     = 1000
+}
+
+variable "workspace_posix_gid" {
+  description = "POSIX gid every pod acts as on the workspace (EFS access point)."
+  type        = number
+  default     = 1000
+}
+
+variable "workspace_transition_to_ia" {
+  description = "EFS lifecycle: move files to Infrequent Access after this (AFTER_7_DAYS, AFTER_30_DAYS, ...); empty: never."
+  type        = string
+  default     = "AFTER_30_DAYS"
+}

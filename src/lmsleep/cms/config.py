@@ -30,7 +30,7 @@ PERIOD_UNITS = ("steps", "tokens", "nights")
 class LevelSpec:
     name: str = _f("slow", "level name (an identifier: it names the level in saved states and logs)")
     layers: Any = _f(None, "decoder layers whose MLPs this level covers (a list of indices); null = all layers")
-    update_period: int = _f(1, "C(level): the level is updated every this many `period_unit`s (sleep fires just before)")
+    update_period: int = _f(1, "C(level): updated every this many `period_unit`s (sleep fires just before)")
     pool_size: int = _f(8, "experts pre-allocated in the level (masked out until a sleep activates one)")
     rank: int = _f(16, "rank r of each low-rank expert")
     alpha: float = _f(32.0, "expert scaling numerator: delta W = B A (alpha / rank)")
@@ -48,10 +48,10 @@ def _default_levels() -> list[LevelSpec]:
 class CMSConfig:
     levels: list = field(
         default_factory=_default_levels,
-        metadata={"help": "MLP levels, fastest first; each a LevelSpec (name, layers, update_period, pool_size, rank, alpha)"},
+        metadata={"help": "MLP levels, fastest first (LevelSpec: name, layers, update_period, pool_size, rank, alpha)"},
     )
     period_unit: str = _f("nights", "unit of update_period: 'steps', 'tokens' or 'nights'")
-    targets: Any = _f(None, "MLP projections that get experts (names inside each layer's `mlp`); null = per architecture")
+    targets: Any = _f(None, "projections inside each layer's `mlp` that get experts; null = per architecture")
     router: str = _f("dense", "'dense': every active expert is summed (exactly mergeable); 'topk': sigmoid-gated top-k")
     top_k: int = _f(2, "topk router: settled experts kept per token (fresh experts are always on until settled)")
 

@@ -171,6 +171,8 @@ class CMSModel(nn.Module):
         for spec in cfg.levels:
             level = self.levels[spec.name]
             layers = level.layers = list(range(len(layer_list)) if spec.layers is None else spec.layers)
+            if len(set(layers)) != len(layers):
+                raise ValueError(f"level {spec.name!r} lists a layer twice: {layers}")
             for layer in layers:
                 if not 0 <= layer < len(layer_list):
                     raise ValueError(f"level {spec.name!r} covers layer {layer}, the model has {len(layer_list)}")
@@ -250,7 +252,7 @@ class CMSModel(nn.Module):
                 p.requires_grad_(False)
 
     def trainable_expert(self, level: str, index: int) -> list[nn.Parameter]:
-        """Make expert `index` of `level` the only trainable tensors (its A, B and gate); returns them for the optimizer."""
+        """Make expert `index` of `level` the only trainable tensors (A, B, gate); returns them for the optimizer."""
         lv = self.level(level)
         if index not in lv.active:
             raise ValueError(f"expert {index} of level {level!r} is not active (active: {lv.active})")
@@ -300,7 +302,9 @@ class CMSModel(nn.Module):
                  + (f" (k={self.cfg.top_k})" if self.cfg.router == "topk" else "") + f", targets={self.targets}"]
         for name, lv in self.levels.items():
             per_expert = sum(p.numel() for p in lv.slot_parameters(0))
-            lines.append(f"  level {name}: layers {lv.layers}, period "
+            span = lv.layers if lv.layers != list(range(lv.layers[0], lv.layers[-1] + 1)) else \
+                f"{lv.layers[0]}-{lv.layers[-1]}"
+            lines.append(f"  level {name}: layers {span}, period "
                          f"{lv.spec.update_period} {self.cfg.period_unit}, pool {lv.spec.pool_size} x rank "
                          f"{lv.spec.rank}, {per_expert:,} params/expert, active {lv.active}")
         return "\n".join(lines)

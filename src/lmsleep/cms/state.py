@@ -88,10 +88,12 @@ def load_state(base_model: nn.Module, directory: str | Path, check_base: bool = 
     for level_name, lv in cms.levels.items():
         prefix = f"{level_name}."
         own = {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
-        expected = {n for n in lv.state_dict() if _slot_of(n) is None or _slot_of(n) in manifest["levels"][level_name]["active"]}
+        active = manifest["levels"][level_name]["active"]
+        expected = {n for n in lv.state_dict() if _slot_of(n) is None or _slot_of(n) in active}
         if set(own) != expected:
+            missing, unexpected = sorted(expected - set(own))[:3], sorted(set(own) - expected)[:3]
             raise ValueError(f"level {level_name!r}: saved tensors do not match the manifest "
-                             f"(missing {sorted(expected - set(own))[:3]}, unexpected {sorted(set(own) - expected)[:3]})")
+                             f"(missing {missing}, unexpected {unexpected})")
         lv.load_state_dict(own, strict=False)
         lv.refresh()
     return cms

@@ -33,7 +33,7 @@ compares the two distributions on a coarser support:
 Gradients flow only to the student: the teacher's logits (or cached log-probs) are detached.
 
 Try it:
-    python -c "import torch; from lmsleep.ks.divergence import forward_kl as f; print(f(torch.randn(1,3,5), torch.randn(1,3,5)))"
+    python -c "import torch; from lmsleep.ks.divergence import forward_kl as f; print(f(*torch.randn(2, 1, 3, 5)))"
 """
 
 from __future__ import annotations
