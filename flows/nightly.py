@@ -51,11 +51,18 @@ def _stage_body(stage: str, params_dict: dict[str, Any], root: str) -> dict[str,
     return summary
 
 
-STAGE_TASKS = {
-    stage: task(_stage_body, name=stage, retries=RETRIES.get(stage, 1), retry_delay_seconds=5,
+def _stage_task(stage: str):
+    """One task per stage, each with its own function name so Prefect keys (and the UI groups) them per stage."""
+
+    def body(stage: str, params_dict: dict[str, Any], root: str) -> dict[str, Any]:
+        return _stage_body(stage, params_dict, root)
+
+    body.__name__ = body.__qualname__ = f"stage_{stage}"
+    return task(body, name=stage, retries=RETRIES.get(stage, 1), retry_delay_seconds=5,
                 retry_condition_fn=_retry_unless_stopped, persist_result=False)
-    for stage in STAGES
-}
+
+
+STAGE_TASKS = {stage: _stage_task(stage) for stage in STAGES}
 
 
 class StageRunFailed(RuntimeError):

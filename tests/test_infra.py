@@ -386,8 +386,8 @@ def test_pool_job_variables_mount_the_workspace_like_params():
         {"name": "workspace", "persistentVolumeClaim": {"claimName": "${var.workspace_pvc_name}"}}]
     assert module_locals["workspace_volume_mounts"] == [
         {"name": "workspace", "mountPath": "${var.workspace_mount_path}"}]
-    assert "local.workspace_volumes" in module_locals["prefect_job_variables"]
-    assert "local.workspace_volume_mounts" in module_locals["prefect_job_variables"]
+    assert module_locals["prefect_job_variables"]["volumes"] == "${local.workspace_volumes}"
+    assert module_locals["prefect_job_variables"]["volume_mounts"] == "${local.workspace_volume_mounts}"
     variables = labelled(prefect["variable"])
     assert variables["workspace_pvc_name"]["default"] == WORKSPACE_PVC == "lmsleep-workspace"
     assert variables["workspace_mount_path"]["default"] == WORKSPACE_MOUNT_PATH == "/workspace"

@@ -1,6 +1,7 @@
 """W&B in offline mode for real: a stage run leaves an offline run with its config, metrics and artifact files."""
 
 import os
+import time
 
 from tinyworld import tiny_params
 
@@ -23,7 +24,13 @@ def test_offline_run_records_params_metrics_and_artifacts(tmp_path, monkeypatch)
     assert len(runs) == 1
     files = {p.name for p in runs[0].rglob("*") if p.is_file()}
     assert any(name.endswith(".wandb") for name in files)  # the run log that `wandb sync` uploads later
-    payload = b"".join(p.read_bytes() for p in runs[0].rglob("*.wandb"))
+    # W&B's service process writes the run log asynchronously; give a loaded machine time to flush it.
+    deadline, payload = time.monotonic() + 30, b""
+    while time.monotonic() < deadline:
+        payload = b"".join(p.read_bytes() for p in runs[0].rglob("*.wandb"))
+        if b"n7-collect" in payload and b"collected" in payload and b"seed" in payload:
+            break
+        time.sleep(0.5)
     assert b"n7-collect" in payload and b"collected" in payload and b"seed" in payload  # artifact, metric, config
 
 

@@ -35,7 +35,8 @@ locals {
 
   # Base job variables of the Kubernetes work pool (per-stage ones come from stage_infrastructure).
   # volumes / volume_mounts are pool defaults, so every stage gets the workspace even if its deployment sets none.
-  prefect_job_variables = merge({
+  # (The Kubernetes pool exists only in eks mode, where the storage module creates the EFS behind the PVC.)
+  prefect_job_variables = {
     namespace            = var.namespace
     service_account_name = var.service_account
     env = {
@@ -45,10 +46,9 @@ locals {
       PREFECT_RESULTS_PERSIST_BY_DEFAULT = "true"
       PREFECT_LOCAL_STORAGE_PATH         = var.prefect_results_url
     }
-    }, local.is_eks ? {
     volumes       = local.workspace_volumes
     volume_mounts = local.workspace_volume_mounts
-  } : {})
+  }
 
   # What infra/kubernetes/workspace.yaml needs (StorageClass + PV + PVC, applied once with kubectl).
   kubernetes_workspace = {
