@@ -21,12 +21,11 @@ from lmsleep.env import set_offline_env
 
 set_offline_env()
 
-import yaml  # noqa: E402
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.deployments import run_deployment  # noqa: E402
 from prefect.schedules import Cron  # noqa: E402
 
-from lmsleep.config import Params, Workspace, load_params, params_from_dict  # noqa: E402
+from lmsleep.config import Params, Workspace, load_params, params_from_dict, parse_overrides  # noqa: E402
 from lmsleep.errors import NightStopped  # noqa: E402
 from lmsleep.pipeline import STAGES, night_finished, run_stage  # noqa: E402
 
@@ -137,10 +136,7 @@ def scheduled_night_id(params: Params) -> str:
 
 def build_params(root: str, params_file: str, overrides: list[str], night: str | None, inbox: str | None,
                  model: str | None) -> Params:
-    values: dict[str, Any] = {}
-    for item in overrides:
-        key, _, value = item.partition("=")
-        values[key] = yaml.safe_load(value)
+    values = parse_overrides(overrides)
     for key, value in (("night.inbox", inbox), ("prepare_model.name", model), ("night.id", night)):
         if value is not None:
             values[key] = value

@@ -12,7 +12,6 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -20,7 +19,7 @@ from lmsleep.env import set_offline_env
 
 set_offline_env()
 
-from lmsleep.config import Params, Workspace, load_params  # noqa: E402
+from lmsleep.config import Params, Workspace, load_params, parse_overrides  # noqa: E402
 from lmsleep.errors import NightStopped  # noqa: E402
 from lmsleep.pipeline import STAGES, night_finished, run_stage  # noqa: E402
 
@@ -37,10 +36,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def resolve(args: argparse.Namespace) -> tuple[Params, Workspace]:
     ws = Workspace.from_env(args.root)
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_overrides(args.set)
     for key, value in (("night.id", args.night), ("night.inbox", args.inbox), ("prepare_model.name", args.model)):
         if value is not None:
             overrides[key] = value

@@ -255,6 +255,17 @@ def params_from_dict(raw: dict[str, Any] | None) -> Params:
     return Params(**built)
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["seed.lr=5e-4", "night.id=n2"]` (the CLI's and the flow's --set) -> {"seed.lr": 0.0005, "night.id": "n2"}."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ValueError(f"override '{item}' must look like section.key=value")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
 def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
     """Read params.yaml (missing file = all defaults) and apply dotted overrides such as {"seed.lr": 1e-4}."""
     path = Path(path)

@@ -48,5 +48,6 @@ __all__ = [
     "random_prefix_split",
     "reduce_tokens",
     "reinforce_loss",
+    "reverse_kl",
     "teacher_topk_logprobs",
 ]
