@@ -59,3 +59,15 @@ def test_workspace_paths(tmp_path):
     assert ws.resolve("data/inbox") == str(tmp_path / "data" / "inbox")
     assert ws.base_model("/abs/model") == Path("/abs/model")
     assert ws.nights() == []
+
+
+def test_parse_overrides_feeds_load_params(tmp_path):
+    from lmsleep.config import parse_overrides
+
+    overrides = parse_overrides(["seed.lr=5e-4", "seed.epochs=3", "night.id=2026-11-27"])
+    params = load_params(tmp_path / "none.yaml", overrides)
+    assert (params.seed.lr, params.seed.epochs, params.night.id) == (5e-4, 3, "2026-11-27")
+    with pytest.raises(ValueError, match="section.key=value"):
+        parse_overrides(["lr=0.1"])
+    with pytest.raises(ValueError, match="section.key=value"):
+        parse_overrides(["seed.lr"])

@@ -7,6 +7,7 @@ of silently running with a default. `Workspace` is the one place that knows wher
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,6 +231,9 @@ def _coerce(section: str, key: str, value: Any, annotation: Any) -> Any:
             return float(value)
         except ValueError:
             pass
+    if expected is str and isinstance(value, (dt.date, int, float)) and not isinstance(value, bool):
+        # YAML reads an unquoted night id such as 2026-11-27 as a date: a str field means the text written
+        return value.isoformat() if isinstance(value, dt.date) else str(value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
@@ -256,7 +260,9 @@ def params_from_dict(raw: dict[str, Any] | None) -> Params:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`["seed.lr=5e-4", "night.id=n2"]` (the CLI's and the flow's --set) -> {"seed.lr": 0.0005, "night.id": "n2"}."""
+    """`["seed.lr=1e-3", "night.id=n2"]` (the CLI's and the flow's --set) -> {"seed.lr": ..., "night.id": "n2"}.
+
+    Values are read as YAML scalars; `load_params` then checks and coerces them against the dataclasses."""
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
