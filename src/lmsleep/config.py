@@ -70,7 +70,8 @@ class ValidateConfig:
 
 @dataclass
 class SeedConfig:
-    method: str = _f("sft", "consolidator: 'sft' (LoRA fine-tuning on memory text; the baseline)")
+    method: str = _f("sft", "consolidator: 'sft' (LoRA fine-tuning on memory text; the baseline) or 'ks' "
+                            "(Knowledge Seeding: context distillation into one new CMS expert, lmsleep.ks.consolidate)")
     lora_rank: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha")
     lora_dropout: float = _f(0.0, "LoRA dropout")
@@ -85,6 +86,21 @@ class SeedConfig:
     seed: int = _f(0, "seed for shuffling and initialisation")
     accelerate_config: str = _f("", "accelerate config file to train under (e.g. configs/accelerate/cpu_ddp.yaml); "
                                     "empty = this process")
+    ks_steps: int = _f(24, "ks: optimizer steps (each on batch_size prompts)")
+    ks_lr: float = _f(1e-3, "ks: AdamW learning rate of the new expert")
+    ks_expert_rank: int = _f(16, "ks: rank of the new low-rank expert (its alpha is 2 x rank)")
+    ks_prompts_per_memory: int = _f(4, "ks: prompts per memory, half continuations of memory prefixes, half "
+                                       "questions the model writes about the memory (never probes)")
+    ks_lambda: float = _f(0.5, "ks: on-policy fraction: probability that y is sampled from the student, not the teacher")
+    ks_divergence: str = _f("jsd", "ks: token-level divergence: forward_kl | reverse_kl | jsd")
+    ks_beta: float = _f(0.5, "ks: generalized JSD beta (weight of the teacher; 0 = forward KL, 1 = reverse KL)")
+    ks_alpha: float = _f(1.0, "ks: loss = alpha * distillation + (1 - alpha) * LTI REINFORCE; 1.0 = pure "
+                              "distillation (the fast default; 0.8 adds Learning to Imitate at ~2x the time)")
+    ks_gamma: float = _f(0.5, "ks: LTI reward = gamma * r_sem (judge) + (1 - gamma) * r_abs (Levenshtein)")
+    ks_z0: float = _f(200.0, "ks: LTI r_abs is 0 when the character Levenshtein distance exceeds this")
+    ks_group_size: int = _f(4, "ks: LTI student completions per teacher prefix (REINFORCE group)")
+    ks_temperature: float = _f(1.0, "ks: sampling temperature of teacher and student completions")
+    ks_max_new_tokens: int = _f(48, "ks: longest sampled completion (tokens)")
 
 
 @dataclass

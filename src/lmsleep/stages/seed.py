@@ -4,6 +4,9 @@ Method `sft` (the baseline, kept forever): a fresh LoRA adapter on top of the ch
 modelling loss on the memory texts. Its output is the challenger: `models/nights/<night>/adapter/` plus
 `lineage.json` (base + every adapter so far, tonight last, and the parent champion it started from).
 
+Method `ks` (Knowledge Seeding, PAPER §3-§4, `lmsleep.ks.consolidate`): the memory in context is the teacher, the
+model without it plus one new CMS expert the student; the expert is exported as the same kind of peft adapter.
+
 Training data is built by `training_examples()` from `memory.training_text()` alone, never from probes, and is written
 to `train_texts.jsonl` next to the adapter so anyone (and the probe-leak test) can audit exactly what was trained on.
 """
@@ -25,7 +28,7 @@ from lmsleep.distributed import (inside_launch, labelled_tokens, launch_stage, m
 from lmsleep.memory import read_json, read_jsonl, training_text, write_json, write_jsonl
 from lmsleep.models import count_parameters, load_lineage
 
-METHODS = ("sft",)
+METHODS = ("sft", "ks")
 
 
 def training_examples(memories: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -103,6 +106,8 @@ def consolidate(ws: Workspace, params: Params, memories: list[dict[str, Any]]) -
 
     examples = training_examples(memories)
     model, tokenizer = load_lineage(ws, parent, params.prepare_model.dtype)
+    if cfg.method == "ks":
+        return _consolidate_ks(ws, params, parent, memories, model, tokenizer)
     model, losses, accelerator, state_dict = train_sft_adapter(model, tokenizer, [e["text"] for e in examples], cfg)
     summary = {"night": night, "method": cfg.method, "memories": len(examples), "steps": len(losses),
                "processes": accelerator.num_processes, "loss_first": losses[0] if losses else None,
@@ -111,6 +116,25 @@ def consolidate(ws: Workspace, params: Params, memories: list[dict[str, Any]]) -
         return summary
     write_jsonl(out_dir / "train_texts.jsonl", examples)
     model.save_pretrained(out_dir / "adapter", state_dict=state_dict)
+    return _write_outputs(ws, params, parent, losses, summary)
+
+
+def _consolidate_ks(ws, params, parent, memories, model, tokenizer) -> dict[str, Any]:
+    from lmsleep.cms import export_peft_adapter
+    from lmsleep.ks.consolidate import consolidate_memories
+
+    night, out_dir = params.night.id, ws.night_model(params.night.id)
+    cms, losses, stats = consolidate_memories(model, tokenizer, memories, params.seed)
+    write_jsonl(out_dir / "train_texts.jsonl", stats.pop("train_texts"))
+    export_peft_adapter(cms, out_dir / "adapter")
+    summary = {"night": night, "method": "ks", "memories": len(memories), "steps": len(losses), "processes": 1,
+               "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+               "prompts": stats["prompts"], "teacher_samples": stats["teacher_samples"], "seconds": stats["seconds"]}
+    return _write_outputs(ws, params, parent, losses, summary, extra={"ks": stats})
+
+
+def _write_outputs(ws, params, parent, losses, summary, extra=None) -> dict[str, Any]:
+    night, cfg, out_dir = params.night.id, params.seed, ws.night_model(params.night.id)
     lineage = {
         "base": parent["base"],
         "base_path": parent["base_path"],
@@ -120,7 +144,8 @@ def consolidate(ws: Workspace, params: Params, memories: list[dict[str, Any]]) -
         "method": cfg.method,
     }
     write_json(out_dir / "lineage.json", lineage)
-    write_json(out_dir / "train_log.json", {"losses": losses, "config": params.to_dict()["seed"], "summary": summary})
+    write_json(out_dir / "train_log.json", {"losses": losses, "config": params.to_dict()["seed"], "summary": summary,
+                                            **(extra or {})})
     return summary | {"loss_curve": losses}
 
 
@@ -131,6 +156,8 @@ def run(params: Params, ws: Workspace) -> dict[str, Any]:
     memories = read_jsonl(accepted)
     if not memories:
         raise NightStopped(f"{accepted} holds no accepted memories")
+    if params.seed.accelerate_config and params.seed.method == "ks":
+        raise ValueError("seed.method 'ks' trains in this process: unset seed.accelerate_config")
     if params.seed.accelerate_config and not inside_launch():
         launch_stage("seed", params, ws, ws.resolve(params.seed.accelerate_config))
         log = read_json(ws.night_model(params.night.id) / "train_log.json")

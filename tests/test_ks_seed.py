@@ -1,0 +1,174 @@
+"""seed.method = ks (lmsleep.ks.consolidate): context distillation into one new CMS expert, on the tiny model."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tinyworld import memory, tiny_workspace
+
+from lmsleep.ks import consolidate as ks
+from lmsleep.memory import read_jsonl, write_jsonl
+from lmsleep.models import load_base, load_lineage
+from lmsleep.stages import seed
+
+CANARY_Q, CANARY_A = "ZQXJ-question-canary", "VWKP-answer-canary"
+
+
+def ks_params(params, **overrides):
+    params.seed.method = "ks"
+    params.seed.ks_steps = 4
+    params.seed.ks_max_new_tokens = 8
+    params.seed.ks_prompts_per_memory = 2
+    params.seed.ks_lr = 1e-2
+    params.seed.ks_expert_rank = 4
+    for key, value in overrides.items():
+        setattr(params.seed, key, value)
+    return params
+
+
+@pytest.fixture
+def night(tmp_path, tmp_path_factory):
+    params, ws = tiny_workspace(tmp_path, tmp_path_factory.getbasetemp() / "tiny-cache-ks")
+    memories = [memory(i, probes=[{"question": f"{CANARY_Q} {i}?", "answer": f"{CANARY_A} {i}"}]) for i in range(3)]
+    write_jsonl(ws.night_data(params.night.id) / "accepted.jsonl", memories)
+    return ks_params(params), ws
+
+
+def test_ks_night_trains_only_the_new_expert_and_exports_a_peft_adapter(night, monkeypatch):
+    params, ws = night
+    base_file = ws.base_model("tiny") / "model.safetensors"
+    base_before = {k: v.clone() for k, v in load_file(base_file).items()}
+    held = {}
+    real = ks.consolidate_memories
+
+    def spy(model, tokenizer, memories, cfg):
+        held["before"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        cms, losses, stats = real(model, tokenizer, memories, cfg)
+        held["cms"] = cms
+        return cms, losses, stats
+
+    monkeypatch.setattr(ks, "consolidate_memories", spy)
+    summary = seed.run(params, ws)
+    assert summary["method"] == "ks" and summary["steps"] == params.seed.ks_steps
+
+    base_after = load_file(base_file)
+    assert all(torch.equal(base_before[k], base_after[k]) for k in base_before)  # on disk
+    cms = held["cms"]
+    assert all(torch.equal(held["before"][k], v) for k, v in cms.base.state_dict().items())  # in memory
+    index = cms.active_experts(ks.LEVEL)
+    assert index == [0]
+    moved = [p for p in cms.expert_parameters(ks.LEVEL, 0)]
+    assert moved and all(not p.requires_grad for p in cms.base.parameters())
+
+    out = ws.night_model("n1")
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: every B moved
+    assert all(("mlp" in k) for k in adapter)  # only the expert's MLP projections, nothing else
+
+    from peft import PeftModel
+
+    base, tokenizer = load_base(ws.base_model("tiny"))
+    peft_model = PeftModel.from_pretrained(base, out / "adapter").eval()
+    ids = tokenizer("Captain Orlane steers the ferry", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = cms(input_ids=ids).logits
+        assert torch.allclose(peft_model(input_ids=ids).logits, expected, atol=1e-4)
+
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["nights"] == ["n1"] and lineage["adapters"] == ["models/nights/n1/adapter"]
+    assert lineage["method"] == "ks"
+    merged, _ = load_lineage(ws, lineage)
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-4)
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["summary"]["method"] == "ks" and len(log["losses"]) == params.seed.ks_steps
+
+
+def test_ks_probes_never_reach_training(night, monkeypatch):
+    params, ws = night
+    params.seed.ks_alpha = 0.5  # LTI too: its prompts must be clean as well
+    seen = []
+    real_call = None
+
+    def recording_call(self, text, *args, **kwargs):
+        seen.extend(text if isinstance(text, list) else [text])
+        return real_call(self, text, *args, **kwargs)
+
+    real = ks.consolidate_memories
+
+    def spy(model, tokenizer, memories, cfg):
+        nonlocal real_call
+        real_call = type(tokenizer).__call__
+        monkeypatch.setattr(type(tokenizer), "__call__", recording_call)
+        return real(model, tokenizer, memories, cfg)
+
+    monkeypatch.setattr(ks, "consolidate_memories", spy)
+    seed.run(params, ws)
+    records = read_jsonl(ws.night_model("n1") / "train_texts.jsonl")
+    assert seen and records
+    assert {r["kind"] for r in records} >= {"continuation"}
+    audit = (ws.night_model("n1") / "train_texts.jsonl").read_text()
+    for text in seen + [audit]:
+        assert "canary" not in str(text).lower()
+
+
+def test_sampling_carries_no_grad_and_teacher_runs_once_per_sample(night, monkeypatch):
+    params, ws = night
+    params.seed.ks_lambda = 0.5
+    params.seed.ks_steps = 6
+    grad_during_generate, teacher_rows = [], []
+    real_teacher = ks._teacher_logits
+    from lmsleep.cms.experts import CMSModel
+
+    real_generate = CMSModel.generate
+
+    def generate(self, *args, **kwargs):
+        grad_during_generate.append(torch.is_grad_enabled())
+        out = real_generate(self, *args, **kwargs)
+        assert not out.requires_grad
+        return out
+
+    def teacher(cms, samples, *args, **kwargs):
+        assert all(s.teacher is None for s in samples)  # never recomputed for a sample
+        teacher_rows.extend(samples)
+        return real_teacher(cms, samples, *args, **kwargs)
+
+    monkeypatch.setattr(CMSModel, "generate", generate)
+    monkeypatch.setattr(ks, "_teacher_logits", teacher)
+    summary = seed.run(params, ws)
+    assert grad_during_generate and not any(grad_during_generate)
+    log = json.loads((ws.night_model("n1") / "train_log.json").read_text())
+    assert len(teacher_rows) == log["ks"]["teacher_samples"] == len({id(s) for s in teacher_rows})
+    # off-policy prompts came back across steps, their teacher pass did not
+    assert summary["steps"] * params.seed.batch_size > len(teacher_rows) - log["ks"]["prompts"]
+
+
+def test_pure_distillation_loss_falls(night):
+    params, ws = night
+    params.seed.ks_alpha = 1.0
+    params.seed.ks_lambda = 0.0  # a fixed teacher set: the loss curve is comparable step to step
+    params.seed.ks_steps = 12
+    params.seed.ks_lr = 2e-2
+    seed.run(params, ws)
+    losses = json.loads((ws.night_model("n1") / "train_log.json").read_text())["losses"]
+    per_epoch = params.seed.ks_prompts_per_memory * 3 // params.seed.batch_size  # rough: steps per pass
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < first, (per_epoch, losses)
+
+
+def test_alignment_compares_the_logits_that_predict_y():
+    """Teacher prompt longer than the student's: the sliced logits must be the ones predicting y in both."""
+    class Echo(torch.nn.Module):
+        def parameters(self):
+            return iter([torch.zeros(1)])
+
+        def __call__(self, input_ids, attention_mask):
+            # the "logits" at position t are a one-hot of the NEXT token: exact when the slice is right
+            nxt = torch.roll(input_ids, -1, 1)
+            return type("O", (), {"logits": torch.nn.functional.one_hot(nxt, 50).float()})()
+
+    y = [7, 8, 9]
+    teacher, student = ks._forward_completions(Echo(), [([1, 2, 3, 4, 5], y), ([1, 2], y)], pad_id=0)
+    assert teacher.argmax(-1).tolist() == y and student.argmax(-1).tolist() == y
