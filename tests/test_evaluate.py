@@ -85,7 +85,7 @@ def test_eval_json_has_every_metric_in_range(evaluated):
             for metric in (f"{condition}_{when}", f"{condition}_f1_{when}"):
                 assert 0.0 <= summary[metric] <= 1.0, metric
                 low, high = summary[f"{metric}_ci95"]
-                assert low <= high
+                assert 0.0 <= low <= summary[metric] <= high <= 1.0, metric
     assert summary["in_context_accuracy"] == summary["in_context_before"]
     for when in ("before", "after"):
         assert math.isfinite(summary[f"perplexity_{when}"]) and summary[f"perplexity_{when}"] > 1

@@ -126,7 +126,8 @@ def summarise(rows: list[dict], condition: str, when: str) -> dict[str, Any]:
     for metric, column in ((f"{condition}_{when}", "correct"), (f"{condition}_f1_{when}", "f1")):
         values = [r[f"{column}_{field}{when}"] for r in chosen]
         mean, low, high = mean_ci95(values, proportion=column == "correct") if values else (None, None, None)
-        out[metric], out[f"{metric}_ci95"] = mean, (None if mean is None else [low, high])
+        # F1 lives in [0, 1]: a normal-approximation bound outside it is clipped, not reported as -0.6%
+        out[metric], out[f"{metric}_ci95"] = mean, (None if mean is None else [max(0.0, low), min(1.0, high)])
     return out
 
 
