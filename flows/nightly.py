@@ -46,7 +46,8 @@ def _retry_unless_stopped(task_obj: Any, task_run: Any, state: Any) -> bool:
 
 def _stage_body(stage: str, params_dict: dict[str, Any], root: str) -> dict[str, Any]:
     summary = run_stage(stage, params_from_dict(params_dict), Workspace.from_env(root))
-    get_run_logger().info("%s: %s", stage, {k: v for k, v in summary.items() if k != "reasons"})
+    headline = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    get_run_logger().info("%s: %s", stage, headline)  # scalars only: intervals and notes are in the stage's files
     return summary
 
 
