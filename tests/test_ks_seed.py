@@ -17,8 +17,8 @@ CANARY_Q, CANARY_A = "ZQXJ-question-canary", "VWKP-answer-canary"
 
 def ks_params(params, **overrides):
     params.seed.method = "ks"
-    params.seed.ks_steps = 4
-    params.seed.ks_max_new_tokens = 8
+    params.seed.ks_steps = 3
+    params.seed.ks_max_new_tokens = 6
     params.seed.ks_prompts_per_memory = 2
     params.seed.ks_lr = 1e-2
     params.seed.ks_expert_rank = 4
@@ -110,6 +110,8 @@ def test_ks_probes_never_reach_training(night, monkeypatch):
     assert seen and records
     assert {r["kind"] for r in records} >= {"continuation"}
     audit = (ws.night_model("n1") / "train_texts.jsonl").read_text()
+    lti = json.loads((ws.night_model("n1") / "train_log.json").read_text())["ks"]
+    assert len(lti["lti_rewards"]) == params.seed.ks_steps and all(0.0 <= r <= 1.0 for r in lti["lti_rewards"])
     for text in seen + [audit]:
         assert "canary" not in str(text).lower()
 
@@ -117,7 +119,7 @@ def test_ks_probes_never_reach_training(night, monkeypatch):
 def test_sampling_carries_no_grad_and_teacher_runs_once_per_sample(night, monkeypatch):
     params, ws = night
     params.seed.ks_lambda = 0.5
-    params.seed.ks_steps = 6
+    params.seed.ks_steps = 4
     grad_during_generate, teacher_rows = [], []
     real_teacher = ks._teacher_logits
     from lmsleep.cms.experts import CMSModel
@@ -149,7 +151,7 @@ def test_pure_distillation_loss_falls(night):
     params, ws = night
     params.seed.ks_alpha = 1.0
     params.seed.ks_lambda = 0.0  # a fixed teacher set: the loss curve is comparable step to step
-    params.seed.ks_steps = 12
+    params.seed.ks_steps = 10
     params.seed.ks_lr = 2e-2
     seed.run(params, ws)
     losses = json.loads((ws.night_model("n1") / "train_log.json").read_text())["losses"]

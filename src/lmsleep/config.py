@@ -86,10 +86,10 @@ class SeedConfig:
     seed: int = _f(0, "seed for shuffling and initialisation")
     accelerate_config: str = _f("", "accelerate config file to train under (e.g. configs/accelerate/cpu_ddp.yaml); "
                                     "empty = this process")
-    ks_steps: int = _f(24, "ks: optimizer steps (each on batch_size prompts)")
+    ks_steps: int = _f(16, "ks: optimizer steps (each on batch_size prompts)")
     ks_lr: float = _f(1e-3, "ks: AdamW learning rate of the new expert")
     ks_expert_rank: int = _f(16, "ks: rank of the new low-rank expert (its alpha is 2 x rank)")
-    ks_prompts_per_memory: int = _f(4, "ks: prompts per memory, half continuations of memory prefixes, half "
+    ks_prompts_per_memory: int = _f(2, "ks: prompts per memory, half continuations of memory prefixes, half "
                                        "questions the model writes about the memory (never probes)")
     ks_lambda: float = _f(0.5, "ks: on-policy fraction: probability that y is sampled from the student, not the teacher")
     ks_divergence: str = _f("jsd", "ks: token-level divergence: forward_kl | reverse_kl | jsd")
@@ -99,8 +99,9 @@ class SeedConfig:
     ks_gamma: float = _f(0.5, "ks: LTI reward = gamma * r_sem (judge) + (1 - gamma) * r_abs (Levenshtein)")
     ks_z0: float = _f(200.0, "ks: LTI r_abs is 0 when the character Levenshtein distance exceeds this")
     ks_group_size: int = _f(4, "ks: LTI student completions per teacher prefix (REINFORCE group)")
-    ks_temperature: float = _f(1.0, "ks: sampling temperature of teacher and student completions")
-    ks_max_new_tokens: int = _f(48, "ks: longest sampled completion (tokens)")
+    ks_temperature: float = _f(0.7, "ks: sampling temperature of teacher and student completions (below 1: a "
+                                           "small teacher's samples at 1.0 drift off the memory)")
+    ks_max_new_tokens: int = _f(32, "ks: longest sampled completion (tokens)")
 
 
 @dataclass

@@ -46,6 +46,7 @@ from lmsleep.prompts import question_messages
 
 LEVEL = "night"  # the first (and here only) CMS level: the receiver of tonight's expert
 QUESTION_INSTRUCTION = "Write a question about the text above."
+GENERATION_BATCH = 16  # prompts per generate call: decoding on CPU is per-token overhead, wider batches amortise it
 
 
 @dataclass(eq=False)  # identity, not field equality (fields hold tensors)
@@ -105,8 +106,8 @@ def _sample(cms, tokenizer, prompts: list[list[int]], cfg, n: int = 1, max_new_t
     device = next(cms.parameters()).device
     out: list[list[int]] = []
     with torch.no_grad():
-        for start in range(0, len(prompts), cfg.batch_size):
-            ids, mask = _pad(prompts[start : start + cfg.batch_size], tokenizer.pad_token_id, True, device)
+        for start in range(0, len(prompts), GENERATION_BATCH):
+            ids, mask = _pad(prompts[start : start + GENERATION_BATCH], tokenizer.pad_token_id, True, device)
             new = cms.generate(input_ids=ids, attention_mask=mask, generation_config=gen)[:, ids.shape[1] :]
             for row in new.tolist():
                 cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
