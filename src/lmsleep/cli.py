@@ -2,7 +2,7 @@
 
     lmsleep night --night 2026-11-26 --inbox s3://bucket/inbox     # all stages, through the Prefect flow
     lmsleep seed --night demo-smollm2 --set seed.lr=5e-4            # one stage (what dvc.yaml calls)
-    lmsleep ask "Who runs the Tallow Bridge ferry?"                 # the champion, no memory in context
+    lmsleep ask "Who is the captain of the Esselmoor ferry?"        # the champion, no memory in context
     lmsleep status | lmsleep rollback
 """
 
