@@ -42,9 +42,9 @@ def test_ks_night_trains_only_the_new_expert_and_exports_a_peft_adapter(night, m
     held = {}
     real = ks.consolidate_memories
 
-    def spy(model, tokenizer, memories, cfg):
+    def spy(model, tokenizer, memories, cfg, **kwargs):
         held["before"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        cms, losses, stats = real(model, tokenizer, memories, cfg)
+        cms, losses, stats = real(model, tokenizer, memories, cfg, **kwargs)
         held["cms"] = cms
         return cms, losses, stats
 
@@ -98,11 +98,11 @@ def test_ks_probes_never_reach_training(night, monkeypatch):
 
     real = ks.consolidate_memories
 
-    def spy(model, tokenizer, memories, cfg):
+    def spy(model, tokenizer, memories, cfg, **kwargs):
         nonlocal real_call
         real_call = type(tokenizer).__call__
         monkeypatch.setattr(type(tokenizer), "__call__", recording_call)
-        return real(model, tokenizer, memories, cfg)
+        return real(model, tokenizer, memories, cfg, **kwargs)
 
     monkeypatch.setattr(ks, "consolidate_memories", spy)
     seed.run(params, ws)
@@ -174,3 +174,61 @@ def test_alignment_compares_the_logits_that_predict_y():
     y = [7, 8, 9]
     teacher, student = ks._forward_completions(Echo(), [([1, 2, 3, 4, 5], y), ([1, 2], y)], pad_id=0)
     assert teacher.argmax(-1).tolist() == y and student.argmax(-1).tolist() == y
+
+
+def test_ks_replays_earlier_nights_prompts_with_the_model_as_teacher(night):
+    from lmsleep import registry
+
+    params, ws = night
+    params.seed.ks_replay_prompts = 3
+    seed.run(params, ws)
+    first = read_jsonl(ws.night_model("n1") / "train_texts.jsonl")
+    assert first and all(r["source"] == "memory" for r in first)  # no earlier night: nothing to replay
+    lineage = json.loads((ws.night_model("n1") / "lineage.json").read_text())
+    registry.promote(ws, params.prepare_model, lineage, "n1", {})
+
+    params.night.id = "n2"
+    memories = [memory(10 + i, text=f"The lighthouse keeper Brannoc{i} paints the tower blue every spring.",
+                       probes=[{"question": f"{CANARY_Q} {i}?", "answer": f"{CANARY_A} {i}"}]) for i in range(2)]
+    write_jsonl(ws.night_data("n2") / "accepted.jsonl", memories)
+    seed.run(params, ws)
+    records = read_jsonl(ws.night_model("n2") / "train_texts.jsonl")
+    replayed = [r for r in records if r["source"].startswith("replay:")]
+    first_prompts = {r["prompt"] for r in first if r["kind"] in ("continuation", "question")}
+    assert 0 < len({r["prompt"] for r in replayed}) <= params.seed.ks_replay_prompts
+    assert all(r["source"] == "replay:n1" and r["prompt"] in first_prompts for r in replayed)
+    assert any(r["source"] == "memory" for r in records)
+    log = json.loads((ws.night_model("n2") / "train_log.json").read_text())
+    assert log["ks"]["replay_prompts"] == sum(r["kind"] != "on-policy" for r in replayed)
+    assert "canary" not in (ws.night_model("n2") / "train_texts.jsonl").read_text().lower()
+    assert json.loads((ws.night_model("n2") / "lineage.json").read_text())["nights"] == ["n1", "n2"]
+
+
+def test_replay_teacher_sees_no_memory(night):
+    params, ws = night
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ws.base_model("tiny"))
+    [s] = ks._replay_samples(tokenizer, [{"night": "n0", "kind": "continuation", "prompt": "Continue: a b c",
+                                          "memory_id": "m-000"}])
+    assert s.student_prompt == s.teacher_prompt and s.source == "replay:n0"
+
+
+def test_sft_night_texts_become_continuation_replay_prompts(tmp_path):
+    from lmsleep.config import Workspace
+
+    ws = Workspace(tmp_path)
+    write_jsonl(ws.night_model("n0") / "train_texts.jsonl",
+                [{"memory_id": f"m-{i}", "text": f"word{i} alpha beta gamma delta epsilon zeta"} for i in range(5)])
+    picked = seed.replay_prompts(ws, ["n0", "missing"], 3, seed=0)
+    assert len(picked) == 3 and picked == seed.replay_prompts(ws, ["n0", "missing"], 3, seed=0)
+    assert all(p["prompt"].startswith("Continue: word") and p["night"] == "n0" for p in picked)
+    assert seed.replay_prompts(ws, ["n0"], 0, seed=0) == []
+
+
+def test_ks_expert_level_layers_limit_the_adapter(night):
+    params, ws = night
+    params.seed.ks_expert_level_layers = [0]
+    seed.run(params, ws)
+    adapter = load_file(ws.night_model("n1") / "adapter" / "adapter_model.safetensors")
+    assert adapter and all(".layers.0.mlp." in k for k in adapter)

@@ -102,6 +102,10 @@ class SeedConfig:
     ks_temperature: float = _f(0.7, "ks: sampling temperature of teacher and student completions (below 1: a "
                                            "small teacher's samples at 1.0 drift off the memory)")
     ks_max_new_tokens: int = _f(32, "ks: longest sampled completion (tokens)")
+    ks_replay_prompts: int = _f(8, "ks: prompts replayed from earlier nights of the champion lineage (their "
+                                   "train_texts.jsonl; never probes); their teacher is the model WITHOUT any memory "
+                                   "in context, so the student keeps answering as before (retention); 0 = none")
+    ks_expert_level_layers: list = _f([], "ks: decoder layers whose MLPs the new expert covers (indices); [] = all")
 
 
 @dataclass

@@ -11,7 +11,11 @@ Prompts x come from the memory text alone (never from probes), two kinds per mem
   continuation  "Continue: <first k words>"                           (k ~ U[3, half the words])
   question      a question the teacher writes about the memory ("Write a question about the text above.", sampled),
                 then put to both with the evaluate stage's own format (lmsleep.prompts.question_messages)
-(Replay prompts of earlier nights are not implemented yet.)
+  replay        up to `ks_replay_prompts` prompts of earlier nights of the champion lineage (their train_texts.jsonl:
+                KS prompts as they were, SFT texts as "Continue: <first words>"), passed in by the seed stage as
+                `replay`. Their teacher is the current model WITHOUT any memory in context (and the new expert off):
+                that knowledge is already in the weights, so the student must keep answering as before. A retention
+                regulariser against forgetting earlier nights; audited with "source": "replay:<night>".
 
 Distillation (GKD, §4a). Every prompt gets one teacher completion y, sampled once; its teacher logits over y are
 computed once (`_teacher_logits`, no grad) and reused every time the prompt comes back. With probability
@@ -58,6 +62,7 @@ class Sample:
     prompt_text: str  # what the student is asked (for the audit)
     completion: list[int]  # y
     teacher: torch.Tensor | None = None  # teacher logits over y, [len(y), vocab] float32, computed once
+    source: str = "memory"  # "memory" (tonight) or "replay:<night>" (an earlier night's prompt, no memory in context)
 
 
 def _messages(instruction: str, memory: str | None) -> list[dict[str, str]]:
@@ -133,8 +138,23 @@ def _teacher_logits(cms, samples: list[Sample], pad_id: int, index: int, batch_s
                 s.teacher = logits.float().cpu().clone()
 
 
-def _build_prompts(cms, tokenizer, memories, cfg, rng: random.Random, index: int) -> list[Sample]:
-    """Continuation and teacher-written question prompts per memory, each with one teacher completion y."""
+def _replay_samples(tokenizer, replay: list[dict[str, Any]]) -> list[Sample]:
+    """Earlier nights' prompts: student prompt == teacher prompt (no memory: the teacher is the model as it is)."""
+    samples = []
+    for r in replay:
+        if r.get("kind") == "question":
+            ids = _encode(tokenizer, question_messages(r["prompt"]))
+        else:
+            ids = _encode(tokenizer, _messages(r["prompt"], None))
+        samples.append(Sample(str(r.get("memory_id", "")), r.get("kind", "continuation"), ids, ids, r["prompt"], [],
+                              source=f"replay:{r['night']}"))
+    return samples
+
+
+def _build_prompts(cms, tokenizer, memories, cfg, rng: random.Random, index: int,
+                   replay: list[dict[str, Any]] | None = None) -> list[Sample]:
+    """Continuation and teacher-written question prompts per memory (plus replay prompts), each with one teacher
+    completion y."""
     samples, question_asks = [], []
     for m in memories:
         mid, text = str(m["id"]), training_text(m)
@@ -156,6 +176,7 @@ def _build_prompts(cms, tokenizer, memories, cfg, rng: random.Random, index: int
                     continue  # an empty or one-word "question" teaches nothing
                 samples.append(Sample(mid, "question", _encode(tokenizer, question_messages(q)),
                                       _encode(tokenizer, question_messages(q, text)), q, []))
+        samples += _replay_samples(tokenizer, replay or [])
         for s, y in zip(samples, _sample(cms, tokenizer, [s.teacher_prompt for s in samples], cfg)):
             s.completion = y
     return samples
@@ -163,7 +184,7 @@ def _build_prompts(cms, tokenizer, memories, cfg, rng: random.Random, index: int
 
 def _lti_loss(cms, tokenizer, samples: list[Sample], cfg, rng: random.Random, judge) -> tuple[torch.Tensor, float]:
     """REINFORCE on one random prefix of one teacher dream, ks_group_size student completions."""
-    dreams = [s for s in samples if s.kind == "continuation" and len(s.completion) >= 2]
+    dreams = [s for s in samples if s.kind == "continuation" and s.source == "memory" and len(s.completion) >= 2]
     if not dreams:
         return None, 0.0
     d = rng.choice(dreams)
@@ -183,8 +204,12 @@ def _lti_loss(cms, tokenizer, samples: list[Sample], cfg, rng: random.Random, ju
     return reinforce_loss(logps, advantages.to(logps.device)), float(rewards.mean())
 
 
-def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg):
+def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg,
+                         replay: list[dict[str, Any]] | None = None):
     """Distil tonight's memories (teacher: in context) into one new CMS expert. Returns (cms, losses, stats).
+
+    `replay`: earlier nights' prompts, dicts {"night", "kind" (continuation | question), "prompt", "memory_id"}
+    (see lmsleep.stages.seed.replay_prompts); their teacher is the model without any memory (retention).
 
     stats["train_texts"] holds every prompt/completion trained on (for train_texts.jsonl, the probe-leak audit).
     """
@@ -196,7 +221,9 @@ def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()  # eval: no dropout, teacher and student differ only by the context and the expert
     rank = cfg.ks_expert_rank
-    cms = wrap_model(model, CMSConfig(levels=[LevelSpec(name=LEVEL, pool_size=1, rank=rank, alpha=2.0 * rank)]))
+    layers = [int(i) for i in cfg.ks_expert_level_layers] or None  # [] = every decoder layer
+    cms = wrap_model(model, CMSConfig(levels=[LevelSpec(name=LEVEL, layers=layers, pool_size=1, rank=rank,
+                                                        alpha=2.0 * rank)]))
     index = cms.activate_expert(LEVEL, torch.Generator().manual_seed(cfg.seed))
     params = cms.trainable_expert(LEVEL, index)
     optimizer = torch.optim.AdamW(params, lr=cfg.ks_lr, weight_decay=0.0)
@@ -206,14 +233,14 @@ def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg):
 
         judge = SemanticJudge(fallback=True)
 
-    pool = _build_prompts(cms, tokenizer, memories, cfg, rng, index)
+    pool = _build_prompts(cms, tokenizer, memories, cfg, rng, index, replay)
     if not pool:
         raise ValueError("ks: no training prompts could be built from tonight's memories")
     _teacher_logits(cms, pool, tokenizer.pad_token_id, index, cfg.batch_size)
     teacher_samples = len(pool)
-    audit = [{"memory_id": s.memory_id, "kind": s.kind, "prompt": s.prompt_text,
+    audit = [{"memory_id": s.memory_id, "kind": s.kind, "source": s.source, "prompt": s.prompt_text,
               "completion": tokenizer.decode(s.completion, skip_special_tokens=True)} for s in pool]
-    print(f"seed/ks: {len(memories)} memories, {len(pool)} prompts, {cfg.ks_steps} steps, expert rank {rank} "
+    print(f"seed/ks: {len(memories)} memories, {len(pool)} prompts ({len(replay or [])} replay), {cfg.ks_steps} steps, expert rank {rank} "
           f"({sum(p.numel() for p in params):,} trainable), lambda {cfg.ks_lambda}, alpha {cfg.ks_alpha}, "
           f"{cfg.ks_divergence}, device {device}")
 
@@ -231,12 +258,13 @@ def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg):
             on_policy = [s for s in batch if rng.random() < cfg.ks_lambda]
             rows = [s for s in batch if s not in on_policy]
             if on_policy:  # fresh y from the current student, scored once by the teacher
-                fresh = [Sample(s.memory_id, "on-policy", s.student_prompt, s.teacher_prompt, s.prompt_text, y)
+                fresh = [Sample(s.memory_id, "on-policy", s.student_prompt, s.teacher_prompt, s.prompt_text, y,
+                                source=s.source)
                          for s, y in zip(on_policy, _sample(cms, tokenizer, [s.student_prompt for s in on_policy],
                                                             cfg))]
                 _teacher_logits(cms, fresh, tokenizer.pad_token_id, index, cfg.batch_size)
                 teacher_samples += len(fresh)
-                audit += [{"memory_id": s.memory_id, "kind": s.kind, "prompt": s.prompt_text,
+                audit += [{"memory_id": s.memory_id, "kind": s.kind, "source": s.source, "prompt": s.prompt_text,
                            "completion": tokenizer.decode(s.completion, skip_special_tokens=True)} for s in fresh]
                 rows += fresh
             student = _forward_completions(cms, [(s.student_prompt, s.completion) for s in rows],
@@ -262,7 +290,8 @@ def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg):
     cms.eval()
     for p in params:
         p.requires_grad_(False)
-    stats = {"prompts": len(pool), "teacher_samples": teacher_samples, "distill_losses": distill_losses,
+    stats = {"prompts": len(pool), "replay_prompts": sum(s.source != "memory" for s in pool),
+             "teacher_samples": teacher_samples, "distill_losses": distill_losses,
              "lti_losses": rl_losses, "lti_rewards": rewards, "expert_index": index,
              "judge": None if judge is None else ("model" if judge.uses_model else "exact-match"),
              "seconds": round(time.perf_counter() - started, 1), "train_texts": audit}

@@ -119,12 +119,46 @@ def consolidate(ws: Workspace, params: Params, memories: list[dict[str, Any]]) -
     return _write_outputs(ws, params, parent, losses, summary)
 
 
+def replay_prompts(ws: Workspace, nights: list[str], count: int, seed: int) -> list[dict[str, Any]]:
+    """Up to `count` prompts of earlier `nights`, sampled (seeded) from their train_texts.jsonl, for ks replay.
+
+    KS nights give their continuation / question prompts as they were (on-policy duplicates and replays of replays
+    are skipped); SFT nights give "Continue: <first words>" of each trained text. Probes are never read: these files
+    hold only what was trained on, which came from memory text alone.
+    """
+    if count <= 0:
+        return []
+    rng = random.Random(f"replay-{seed}")
+    candidates, seen = [], set()
+    for night in nights:
+        path = ws.night_model(night) / "train_texts.jsonl"
+        if not path.exists():
+            continue
+        for r in read_jsonl(path):
+            if "prompt" in r:  # a ks night
+                if r.get("kind") not in ("continuation", "question") or r.get("source", "memory") != "memory":
+                    continue
+                kind, prompt = r["kind"], r["prompt"]
+            elif r.get("text"):  # an sft night: a continuation prompt from the text's first words
+                words = r["text"].split()
+                k = rng.randint(min(3, len(words)), max(3, len(words) // 2))
+                kind, prompt = "continuation", "Continue: " + " ".join(words[:k])
+            else:
+                continue
+            if (kind, prompt) not in seen:
+                seen.add((kind, prompt))
+                candidates.append({"night": night, "kind": kind, "prompt": prompt,
+                                   "memory_id": str(r.get("memory_id", ""))})
+    return rng.sample(candidates, min(count, len(candidates)))
+
+
 def _consolidate_ks(ws, params, parent, memories, model, tokenizer) -> dict[str, Any]:
     from lmsleep.cms import export_peft_adapter
     from lmsleep.ks.consolidate import consolidate_memories
 
     night, out_dir = params.night.id, ws.night_model(params.night.id)
-    cms, losses, stats = consolidate_memories(model, tokenizer, memories, params.seed)
+    replay = replay_prompts(ws, parent["nights"], params.seed.ks_replay_prompts, params.seed.seed)
+    cms, losses, stats = consolidate_memories(model, tokenizer, memories, params.seed, replay=replay)
     write_jsonl(out_dir / "train_texts.jsonl", stats.pop("train_texts"))
     export_peft_adapter(cms, out_dir / "adapter")
     summary = {"night": night, "method": "ks", "memories": len(memories), "steps": len(losses), "processes": 1,
