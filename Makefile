@@ -57,3 +57,16 @@ GPU_CHECK_SIZE ?= auto
 .PHONY: gpu-check
 gpu-check: venv
 	bash scripts/gpu_check.sh $(GPU_CHECK_SIZE)
+
+# One consolidation, ours vs TRL's on-policy DistillationTrainer: tokens/s and peak RSS, tiny and SmolLM2, back to
+# back (bench/seed_vs_trl.py). Result: bench/results/seed_speed.json. TRL lives in requirements/bench.txt only.
+BENCH_SEED_STEPS ?= 8
+BENCH_SEED_SMOLLM2_STEPS ?= 8
+.PHONY: bench-seed
+$(VENV)/.bench-installed: $(VENV)/.installed requirements/bench.txt
+	$(BIN)/pip install -q -r requirements/bench.txt
+	touch $@
+
+bench-seed: venv $(VENV)/.bench-installed
+	$(BIN)/python bench/seed_vs_trl.py --model tiny --steps $(BENCH_SEED_STEPS)
+	$(BIN)/python bench/seed_vs_trl.py --model smollm2 --steps $(BENCH_SEED_SMOLLM2_STEPS) --max-new-tokens 16

@@ -1,0 +1,273 @@
+"""One consolidation of the same memories: ours (`lmsleep.ks.consolidate`, method "ks") vs TRL's on-policy distillation.
+
+    python bench/seed_vs_trl.py --model tiny --steps 8
+    python bench/seed_vs_trl.py --model smollm2 --steps 2 --max-new-tokens 16
+
+Needs TRL (requirements/bench.txt; `make bench-seed` installs it). Offline: nothing is downloaded.
+
+What runs, each method in its OWN subprocess, back to back (so each peak RSS is that method's alone):
+- `load`:  the model loaded once, nothing else: `one_model_rss_mb`, the floor both methods start from.
+- `ours`:  `consolidate_memories(model, tokenizer, N memories, SeedConfig(method="ks", ks_lambda=1.0, ...))`: fully
+  on-policy (every y sampled from the student), teacher = the same weights with the memory in context and the new
+  expert switched off, so ONE copy of the model in memory.
+- `trl`:   `trl.DistillationTrainer` (TRL 1.16's on-policy distillation, GKD with lambda = 1: it always samples y from
+  the student), teacher = a SECOND copy of the model (TRL needs a separate teacher module; that copy is part of the
+  memory compared), student = the model + a peft LoRA of the same rank (alpha 2 x rank, on the MLP projections, like
+  ours' expert), the same prompts ours trained on (its stats["train_texts"], as chat "messages"), the same
+  max_new_tokens, temperature, steps and prompts per step, fp32, bf16/fp16 off.
+  Difference: DistillationTrainer has no separate teacher prompt, so TRL's teacher sees the same prompt as the
+  student (no memory in its context); ours' teacher reads the memory too, i.e. ours does MORE teacher work per token.
+
+Tokens (same definition for both): on-policy completion tokens, i.e. tokens the student sampled that the teacher
+then scored and the student was trained on. tokens/s = those tokens / wall seconds of the consolidation itself
+(ours: the whole consolidate_memories call, prompt building and its first teacher pass included; TRL:
+trainer.train(); model loading excluded from both). `ours_setup_s` is ours' time before its first step (building
+the prompts: writing questions, sampling teacher completions, scoring them) and `ours_loop_tokens_per_s` the rate of
+its step loop alone, for comparison with TRL, which has no such setup. Peak RSS: each subprocess's ru_maxrss (whole process, model
+load included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PROJECT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = PROJECT / "bench" / "results" / "seed_speed.json"
+DEMO_DAY = PROJECT / "data" / "demo" / "day1.jsonl"
+SMOLLM2 = PROJECT / "models" / "base" / "smollm2"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled", "HF_DATASETS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "DISABLE_MLFLOW_INTEGRATION": "TRUE"}
+
+
+def peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    return round(kb / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def load_memories(n: int) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in DEMO_DAY.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return lines[:n]
+
+
+def build_tiny_model(dest: Path) -> Path:
+    from lmsleep.config import PrepareModelConfig
+    from lmsleep.models import TINY_FALLBACK_CORPUS, build_tiny
+
+    reference = PROJECT / "data" / "reference.txt"
+    corpus = [reference.read_text(encoding="utf-8")] if reference.exists() else []
+    build_tiny(dest, PrepareModelConfig(name="tiny"), corpus + [TINY_FALLBACK_CORPUS])
+    return dest
+
+
+# ---------------------------------------------------------------- the children (one method per process)
+
+
+def child_load(args: argparse.Namespace) -> dict[str, Any]:
+    from lmsleep.models import load_base
+
+    load_base(Path(args.model_path))
+    return {"peak_rss_mb": peak_rss_mb()}
+
+
+def child_ours(args: argparse.Namespace) -> dict[str, Any]:
+    import lmsleep.ks.consolidate as ks
+    from lmsleep.config import SeedConfig
+    from lmsleep.models import load_base
+
+    model, tokenizer = load_base(Path(args.model_path))
+    cfg = SeedConfig(method="ks", ks_steps=args.steps, ks_lambda=1.0, ks_alpha=1.0, ks_max_new_tokens=args.max_new_tokens,
+                     ks_expert_rank=args.rank, ks_prompts_per_memory=args.prompts_per_memory,
+                     batch_size=args.batch_size, ks_replay_prompts=0, seed=args.seed)
+    counted = {"tokens": 0}
+    real_teacher_logits = ks._teacher_logits
+
+    def counting_teacher_logits(cms, samples, *a, **kw):  # every fresh on-policy y is scored here exactly once
+        counted["tokens"] += sum(len(s.completion) for s in samples if s.kind == "on-policy")
+        return real_teacher_logits(cms, samples, *a, **kw)
+
+    ks._teacher_logits = counting_teacher_logits
+    real_tqdm, marks = ks.tqdm, {}
+
+    def stamped_tqdm(iterable, *a, **kw):  # the step loop starts here: prompts built, first teacher pass done
+        marks["loop_start"] = time.perf_counter()
+        return real_tqdm(iterable, *a, **kw)
+
+    ks.tqdm = stamped_tqdm
+    started = time.perf_counter()
+    _, losses, stats = ks.consolidate_memories(model, tokenizer, load_memories(args.memories), cfg)
+    wall = time.perf_counter() - started
+    prompts = [{"prompt": t["prompt"], "memory_id": t["memory_id"], "kind": t["kind"]}
+               for t in stats["train_texts"] if t["kind"] != "on-policy"]
+    setup = marks.get("loop_start", started) - started
+    return {"tokens": counted["tokens"], "wall_s": round(wall, 3), "setup_s": round(setup, 3), "steps": len(losses),
+            "peak_rss_mb": peak_rss_mb(), "prompts": prompts, "final_loss": losses[-1] if losses else None}
+
+
+def child_trl(args: argparse.Namespace) -> dict[str, Any]:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DistillationConfig, DistillationTrainer
+
+    from lmsleep.models import load_base
+
+    prompts = json.loads(Path(args.prompts_file).read_text(encoding="utf-8"))
+    student, tokenizer = load_base(Path(args.model_path))
+    teacher, _ = load_base(Path(args.model_path))  # TRL's teacher: a second copy of the weights
+    tokenizer.padding_side = "left"
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p["prompt"]}]} for p in prompts])
+    rank = args.rank
+    peft_config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, task_type="CAUSAL_LM",
+                             target_modules=["gate_proj", "up_proj", "down_proj"])
+    with tempfile.TemporaryDirectory() as out:
+        config = DistillationConfig(
+            output_dir=out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
+            gradient_accumulation_steps=1, learning_rate=1e-3, max_completion_length=args.max_new_tokens,
+            temperature=0.7, top_k=0, top_p=1.0, beta=0.5, bf16=False, fp16=False, use_cpu=True,
+            gradient_checkpointing=False, report_to="none", logging_steps=max(1, args.steps), save_strategy="no",
+            seed=args.seed, dataloader_num_workers=0, disable_tqdm=True)
+        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config, train_dataset=dataset,
+                                      processing_class=tokenizer, peft_config=peft_config)
+        counted = {"tokens": 0}
+        real_generate = trainer._generate_single_turn
+
+        def counting_generate(*a, **kw):
+            out_ids = real_generate(*a, **kw)
+            completion_ids = out_ids[0] if isinstance(out_ids, tuple) else out_ids
+            counted["tokens"] += sum(len(ids) for ids in completion_ids)
+            return out_ids
+
+        trainer._generate_single_turn = counting_generate
+        started = time.perf_counter()
+        result = trainer.train()
+        wall = time.perf_counter() - started
+    return {"tokens": counted["tokens"], "wall_s": round(wall, 3), "steps": int(result.global_step),
+            "peak_rss_mb": peak_rss_mb(), "final_loss": float(result.training_loss)}
+
+
+CHILDREN = {"load": child_load, "ours": child_ours, "trl": child_trl}
+
+
+# ---------------------------------------------------------------- the parent
+
+
+def run_child(role: str, args: argparse.Namespace, model_path: Path, extra: list[str]) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        result_path = Path(f.name)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", role, "--child-out", str(result_path),
+           "--model-path", str(model_path), "--steps", str(args.steps), "--max-new-tokens", str(args.max_new_tokens),
+           "--rank", str(args.rank), "--memories", str(args.memories), "--batch-size", str(args.batch_size),
+           "--prompts-per-memory", str(args.prompts_per_memory), "--seed", str(args.seed), *extra]
+    env = {**os.environ, **OFFLINE}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT / "src"), env.get("PYTHONPATH")]))
+    print(f"[{role}] " + " ".join(cmd[2:]), flush=True)
+    try:
+        subprocess.run(cmd, check=True, env=env, cwd=PROJECT)
+        return json.loads(result_path.read_text(encoding="utf-8"))
+    finally:
+        result_path.unlink(missing_ok=True)
+
+
+def bench_model(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model == "tiny":
+            model_path = build_tiny_model(Path(tmp) / "tiny")
+        elif args.model == "smollm2":
+            model_path = SMOLLM2
+        else:
+            model_path = Path(args.model)
+        if not (model_path / "config.json").exists():
+            raise SystemExit(f"no model at {model_path} (smollm2: run `make sleep` or `lmsleep demo` once to build it)")
+        load = run_child("load", args, model_path, [])
+        ours = run_child("ours", args, model_path, [])
+        prompts_file = Path(tmp) / "prompts.json"
+        prompts_file.write_text(json.dumps(ours.pop("prompts")), encoding="utf-8")
+        trl = run_child("trl", args, model_path, ["--prompts-file", str(prompts_file)])
+    ours_tps = ours["tokens"] / ours["wall_s"] if ours["wall_s"] else 0.0
+    trl_tps = trl["tokens"] / trl["wall_s"] if trl["wall_s"] else 0.0
+    import trl as trl_pkg
+
+    return {
+        "ours_tokens_per_s": round(ours_tps, 2), "trl_tokens_per_s": round(trl_tps, 2),
+        "speedup": round(ours_tps / trl_tps, 3) if trl_tps else None,
+        "ours_peak_rss_mb": ours["peak_rss_mb"], "trl_peak_rss_mb": trl["peak_rss_mb"],
+        "one_model_rss_mb": load["peak_rss_mb"],
+        "ours_steps": ours["steps"], "trl_steps": trl["steps"],
+        "ours_tokens": ours["tokens"], "trl_tokens": trl["tokens"],
+        "ours_wall_s": ours["wall_s"], "trl_wall_s": trl["wall_s"],
+        "ours_setup_s": ours["setup_s"],
+        "ours_loop_tokens_per_s": round(ours["tokens"] / (ours["wall_s"] - ours["setup_s"]), 2)
+        if ours["wall_s"] > ours["setup_s"] else None,
+        "ours_final_loss": ours["final_loss"], "trl_final_loss": trl["final_loss"],
+        "settings": {"model": args.model, "steps": args.steps, "max_new_tokens": args.max_new_tokens,
+                     "rank": args.rank, "memories": args.memories, "prompts_per_memory": args.prompts_per_memory,
+                     "prompts_per_step": args.batch_size, "seed": args.seed, "lambda": 1.0, "beta": 0.5,
+                     "temperature": 0.7, "dtype": "float32", "device": "cpu", "torch_threads": os.cpu_count(),
+                     "trl_version": trl_pkg.__version__, "trl_trainer": "trl.DistillationTrainer",
+                     "trl_teacher": "second copy of the model, same prompt as the student (no memory in context)",
+                     "ours_teacher": "same weights, memory in context, new expert off",
+                     "tokens": "on-policy completion tokens (sampled by the student, scored by the teacher, trained on)",
+                     "wall_s": "the consolidation call only (ours: consolidate_memories; TRL: trainer.train())"},
+    }
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
+    head = f"{'model':<9}{'ours tok/s':>11}{'trl tok/s':>11}{'speedup':>9}{'ours RSS MB':>13}{'trl RSS MB':>12}{'1 model MB':>12}"
+    print(head)
+    print("-" * len(head))
+    for name, r in results.items():
+        print(f"{name:<9}{r['ours_tokens_per_s']:>11.1f}{r['trl_tokens_per_s']:>11.1f}{r['speedup'] or 0:>9.2f}"
+              f"{r['ours_peak_rss_mb']:>13.0f}{r['trl_peak_rss_mb']:>12.0f}{r['one_model_rss_mb']:>12.0f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="tiny", help="tiny | smollm2 | a local HF checkpoint folder")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--memories", type=int, default=4)
+    p.add_argument("--prompts-per-memory", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=2, help="prompts per optimizer step (both methods)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results; other models' entries are kept")
+    p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    p.add_argument("--child-out", help=argparse.SUPPRESS)
+    p.add_argument("--model-path", help=argparse.SUPPRESS)
+    p.add_argument("--prompts-file", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.child:
+        os.environ.update(OFFLINE)
+        result = CHILDREN[args.child](args)
+        Path(args.child_out).write_text(json.dumps(result), encoding="utf-8")
+        return 0
+
+    os.environ.update(OFFLINE)
+    entry = bench_model(args)
+    results: dict[str, Any] = {}
+    if args.out.exists():
+        try:
+            results = json.loads(args.out.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            results = {}
+    results.setdefault("models", {})[args.model] = entry
+    results["host"] = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print_table(results["models"])
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""bench/seed_vs_trl.py: ours vs TRL's on-policy distillation, tiny model, 2 steps, end to end.
+
+Slow (and needs TRL, which is only in requirements/bench.txt): run with `make test-slow` after `make bench-seed`
+installed it; skipped when TRL is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+SCRIPT = PROJECT / "bench" / "seed_vs_trl.py"
+FIELDS = ["ours_tokens_per_s", "trl_tokens_per_s", "speedup", "ours_peak_rss_mb", "trl_peak_rss_mb",
+          "one_model_rss_mb", "ours_steps", "trl_steps", "ours_tokens", "trl_tokens", "ours_wall_s", "trl_wall_s",
+          "settings"]
+
+
+@pytest.mark.slow
+def test_tiny_bench_writes_every_field(tmp_path: Path) -> None:
+    pytest.importorskip("trl")
+    out = tmp_path / "seed_speed.json"
+    run = subprocess.run([sys.executable, str(SCRIPT), "--model", "tiny", "--steps", "2", "--max-new-tokens", "8",
+                          "--memories", "2", "--out", str(out)], cwd=PROJECT, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    entry = json.loads(out.read_text())["models"]["tiny"]
+    for field in FIELDS:
+        assert field in entry, field
+    assert entry["ours_steps"] == entry["trl_steps"] == 2
+    assert entry["ours_tokens"] > 0 and entry["trl_tokens"] > 0
+    assert entry["ours_tokens_per_s"] > 0 and entry["trl_tokens_per_s"] > 0
+    assert entry["speedup"] == pytest.approx(entry["ours_tokens_per_s"] / entry["trl_tokens_per_s"], rel=0.01)
+    assert entry["ours_peak_rss_mb"] >= entry["one_model_rss_mb"] * 0.5 > 0
+    assert entry["settings"]["max_new_tokens"] == 8
+    assert "speedup" in run.stdout
+
+
+def test_trl_is_bench_only_and_script_loads_without_it() -> None:
+    """Fast: TRL is pinned in requirements/bench.txt, installed by `make bench-seed` only; --help needs no TRL."""
+    pins = (PROJECT / "requirements" / "bench.txt").read_text()
+    assert "trl==1.16.0" in pins
+    makefile = (PROJECT / "Makefile").read_text()
+    venv_recipe = makefile.split("$(VENV)/.installed:")[1].split("\n\n")[0]
+    assert "bench.txt" not in venv_recipe and "bench-seed:" in makefile
+    run = subprocess.run([sys.executable, str(SCRIPT), "--help"], cwd=PROJECT, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0 and "--model" in run.stdout
