@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmsleep.cms import wrap_model
-from lmsleep.ks.senders import OnlineFastLevelUpdater, consolidate_fast_level, experts_off
+from lmsleep.ks.senders import OnlineFastLevelUpdater, consolidate_fast_level
 from test_cms import VOCAB, base_snapshot, perturb, tiny_model, two_levels
 
 
@@ -93,7 +93,7 @@ def test_consolidation_moves_the_fast_level_into_one_new_slow_expert(cms, monkey
     train = [rand_tokens(12, seed=100 + i) for i in range(16)]
     held = [rand_tokens(12, seed=900 + i) for i in range(6)]
     teacher = log_probs(cms, held)  # the model before sleep
-    with experts_off(cms, "fast", cms.active_experts("fast")):
+    with cms.experts_off("fast", cms.active_experts("fast")):
         kl_reset_only = kl_to(cms, teacher, held)  # the sender pruned, nothing consolidated
     ids_before = [id(p) for p in cms.parameters()]
     numel_before = sum(p.numel() for p in cms.parameters())

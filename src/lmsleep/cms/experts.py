@@ -285,6 +285,21 @@ class CMSModel(nn.Module):
         lv.refresh()
 
     @contextmanager
+    def experts_off(self, level: str, indices: list[int]) -> Iterator[None]:
+        """Mask experts of `level` out of forward and backward inside the block (same tensors, no copy): e.g. the
+        teacher is the model without tonight's expert, or without the sender's experts."""
+        lv = self.level(level)
+        saved = lv.mask.clone()
+        for i in indices:
+            lv.mask[i] = False
+        lv.refresh()
+        try:
+            yield
+        finally:
+            lv.mask.copy_(saved)
+            lv.refresh()
+
+    @contextmanager
     def random_expert(self, level: str, std: float = 0.02, generator: torch.Generator | None = None) -> Iterator[int]:
         """Dreaming's novelty: a random extra expert (A kaiming, B ~ N(0, std)) active inside the block, then gone."""
         index = self.activate_expert(level, generator)

@@ -85,21 +85,6 @@ def _pad(rows: list[list[int]], pad_id: int, left: bool, device) -> tuple[torch.
     return ids.to(device), mask.to(device)
 
 
-class _ExpertOff:
-    """Inside the block the new expert is masked out: the network is the teacher (the model as it was)."""
-
-    def __init__(self, cms, index: int):
-        self.level, self.index = cms.level(LEVEL), index
-
-    def __enter__(self):
-        self.level.mask[self.index] = False
-        self.level.refresh()
-
-    def __exit__(self, *exc):
-        self.level.mask[self.index] = True
-        self.level.refresh()
-
-
 def _sample(cms, tokenizer, prompts: list[list[int]], cfg, n: int = 1, max_new_tokens: int | None = None):
     """Sampled completions (token lists, cut after the first stop token), n per prompt; no gradient anywhere."""
     from transformers import GenerationConfig
@@ -130,7 +115,7 @@ def _forward_completions(cms, rows: list[tuple[list[int], list[int]]], pad_id: i
 
 def _teacher_logits(cms, samples: list[Sample], pad_id: int, index: int, batch_size: int) -> None:
     """The teacher pass, once per sample: memory in context, new expert off, inference mode; cached on the sample."""
-    with torch.inference_mode(), _ExpertOff(cms, index):
+    with torch.inference_mode(), cms.experts_off(LEVEL, [index]):
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
             outs = _forward_completions(cms, [(s.teacher_prompt, s.completion) for s in chunk], pad_id)
@@ -166,7 +151,7 @@ def _build_prompts(cms, tokenizer, memories, cfg, rng: random.Random, index: int
             samples.append(Sample(mid, "continuation", _encode(tokenizer, _messages(instruction, None)),
                                   _encode(tokenizer, _messages(instruction, text)), instruction, []))
         question_asks += [(mid, text)] * n_questions
-    with _ExpertOff(cms, index):
+    with cms.experts_off(LEVEL, [index]):
         if question_asks:
             asks = [_encode(tokenizer, _messages(QUESTION_INSTRUCTION, text)) for _, text in question_asks]
             for (mid, text), q_ids in zip(question_asks, _sample(cms, tokenizer, asks, cfg, max_new_tokens=32)):

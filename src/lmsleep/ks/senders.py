@@ -28,8 +28,7 @@ If anything fails during Consolidate, the new receiver expert is removed and the
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch.nn import functional as F
@@ -134,21 +133,6 @@ class OnlineFastLevelUpdater:
         return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
 
 
-@contextmanager
-def experts_off(cms, level: str, indices: Sequence[int]) -> Iterator[None]:
-    """Mask experts of `level` out of forward and backward inside the block (the same tensors, no copy)."""
-    lv = cms.level(level)
-    saved = lv.mask.clone()
-    for i in indices:
-        lv.mask[i] = False
-    lv.refresh()
-    try:
-        yield
-    finally:
-        lv.mask.copy_(saved)
-        lv.refresh()
-
-
 def _batches(prompts: Sequence[Sequence[int]], batch_size: int, device) -> list[tuple[torch.Tensor, ...]]:
     """Right-padded (ids, attention mask, loss mask) batches; loss mask [b, L-1] marks real next-token targets."""
     out = []
@@ -213,7 +197,7 @@ def consolidate_fast_level(cms, sender_level: str, receiver_level: str, prompts_
     try:
         params = cms.trainable_expert(receiver_level, index)
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        with experts_off(cms, sender_level, sender), torch.enable_grad():
+        with cms.experts_off(sender_level, sender), torch.enable_grad():
             for step in range(steps):
                 n = step % len(batches)
                 ids, attn, loss_mask = batches[n]

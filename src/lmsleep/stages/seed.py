@@ -104,10 +104,10 @@ def consolidate(ws: Workspace, params: Params, memories: list[dict[str, Any]]) -
     if night in parent["nights"]:
         raise NightStopped(f"night '{night}' is already part of the champion; give tonight another --night id")
 
-    examples = training_examples(memories)
     model, tokenizer = load_lineage(ws, parent, params.prepare_model.dtype)
     if cfg.method == "ks":
         return _consolidate_ks(ws, params, parent, memories, model, tokenizer)
+    examples = training_examples(memories)
     model, losses, accelerator, state_dict = train_sft_adapter(model, tokenizer, [e["text"] for e in examples], cfg)
     summary = {"night": night, "method": cfg.method, "memories": len(examples), "steps": len(losses),
                "processes": accelerator.num_processes, "loss_first": losses[0] if losses else None,
