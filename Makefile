@@ -70,3 +70,16 @@ $(VENV)/.bench-installed: $(VENV)/.installed requirements/bench.txt
 bench-seed: venv $(VENV)/.bench-installed
 	$(BIN)/python bench/seed_vs_trl.py --model tiny --steps $(BENCH_SEED_STEPS)
 	$(BIN)/python bench/seed_vs_trl.py --model smollm2 --steps $(BENCH_SEED_SMOLLM2_STEPS) --max-new-tokens 16
+
+# Benchmarks (`lmsleep bench`, src/lmsleep/bench/): methods x seeds on the same data, graded like the evaluate stage.
+# Results: bench/results/<name>.json (per seed and aggregated: mean, 95% interval), .md table, .png plots; W&B offline.
+# bench-quality is issue 3's (-> seed_quality.json); bench-squad is SEAL's SQuAD protocol (200 passages: hours on CPU).
+# Quick look: make bench-squad BENCH_SEEDS=1 BENCH_ARGS="--limit 5"
+BENCH_SEEDS ?= 3
+BENCH_ARGS ?=
+.PHONY: bench-quality bench-squad
+bench-quality: venv
+	$(BIN)/lmsleep bench quality --seeds $(BENCH_SEEDS) --model $(MODEL) $(BENCH_ARGS)
+
+bench-squad: venv
+	$(BIN)/lmsleep bench squad --seeds $(BENCH_SEEDS) --model $(MODEL) $(BENCH_ARGS)

@@ -1,30 +1,34 @@
 """One consolidation of the same memories: ours (`lmsleep.ks.consolidate`, method "ks") vs TRL's on-policy distillation.
 
     python bench/seed_vs_trl.py --model tiny --steps 8
-    python bench/seed_vs_trl.py --model smollm2 --steps 2 --max-new-tokens 16
+    python bench/seed_vs_trl.py --model smollm2 --steps 8 --max-new-tokens 16
+    python bench/seed_vs_trl.py --model smollm2 --trl-trainer distillation     # TRL's DistillationTrainer instead
 
 Needs TRL (requirements/bench.txt; `make bench-seed` installs it). Offline: nothing is downloaded.
 
 What runs, each method in its OWN subprocess, back to back (so each peak RSS is that method's alone):
-- `load`:  the model loaded once, nothing else: `one_model_rss_mb`, the floor both methods start from.
+- `load`:  the model loaded and run forward once (so every weight page is resident), nothing else:
+  `one_model_rss_mb`, the floor any method that uses the model starts from. `model_weights_mb` is its parameters.
 - `ours`:  `consolidate_memories(model, tokenizer, N memories, SeedConfig(method="ks", ks_lambda=1.0, ...))`: fully
   on-policy (every y sampled from the student), teacher = the same weights with the memory in context and the new
-  expert switched off, so ONE copy of the model in memory.
-- `trl`:   `trl.DistillationTrainer` (TRL 1.16's on-policy distillation, GKD with lambda = 1: it always samples y from
-  the student), teacher = a SECOND copy of the model (TRL needs a separate teacher module; that copy is part of the
-  memory compared), student = the model + a peft LoRA of the same rank (alpha 2 x rank, on the MLP projections, like
-  ours' expert), the same prompts ours trained on (its stats["train_texts"], as chat "messages"), the same
-  max_new_tokens, temperature, steps and prompts per step, fp32, bf16/fp16 off.
-  Difference: DistillationTrainer has no separate teacher prompt, so TRL's teacher sees the same prompt as the
-  student (no memory in its context); ours' teacher reads the memory too, i.e. ours does MORE teacher work per token.
+  expert switched off, so ONE copy of the model in memory; teacher top-k 64 with a tail bucket; no disk cache (a
+  cold run: the cache only helps reruns).
+- `trl`, default `--trl-trainer sdft`: TRL 1.16's context-distillation trainer, `trl.experimental.sdft.SDFTTrainer`
+  (self-distillation with a privileged context): the SAME task as ours. Student prompt = ours' student instruction,
+  privileged context = the memory text, teacher prompt template "Text:\n{privileged_context}\n\n{prompt}" (ours'
+  teacher prompt, token for token), teacher_model_kind "base" (the student with its LoRA disabled: one copy of the
+  weights, like ours), student = the model + a peft LoRA of the same rank (alpha 2 x rank, on the MLP projections,
+  like ours' expert), one generation per prompt, top-k 64 logit distillation with a tail bucket, JSD 0.5.
+  `--trl-trainer distillation`: `trl.DistillationTrainer` (GKD, lambda = 1), whose teacher is a SECOND copy of the
+  model that sees the same prompt as the student (no memory): an easier task, kept for comparison.
+  Both: the same prompts ours trained on (its stats["train_texts"]), the same max_new_tokens, temperature, steps,
+  prompts per step and learning rate, fp32, bf16/fp16 off.
 
 Tokens (same definition for both): on-policy completion tokens, i.e. tokens the student sampled that the teacher
 then scored and the student was trained on. tokens/s = those tokens / wall seconds of the consolidation itself
-(ours: the whole consolidate_memories call, prompt building and its first teacher pass included; TRL:
-trainer.train(); model loading excluded from both). `ours_setup_s` is ours' time before its first step (building
-the prompts: writing questions, sampling teacher completions, scoring them) and `ours_loop_tokens_per_s` the rate of
-its step loop alone, for comparison with TRL, which has no such setup. Peak RSS: each subprocess's ru_maxrss (whole process, model
-load included).
+(ours: the whole consolidate_memories call, prompt building included; TRL: trainer.train(); model loading excluded
+from both). `ours_setup_s` is ours' time before its first step (writing its questions) and `ours_loop_tokens_per_s`
+the rate of its step loop alone. Peak RSS: each subprocess's ru_maxrss (whole process, model load included).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = PROJECT / "bench" / "results" / "seed_speed.json"
 DEMO_DAY = PROJECT / "data" / "demo" / "day1.jsonl"
 SMOLLM2 = PROJECT / "models" / "base" / "smollm2"
+LR, TEMPERATURE, TOPK = 1e-3, 0.7, 64
+TEACHER_TEMPLATE = "Text:\n{privileged_context}\n\n{prompt}"  # ours' teacher prompt (lmsleep.ks.samples.messages)
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "DISABLE_MLFLOW_INTEGRATION": "TRUE"}
 
@@ -73,80 +79,112 @@ def build_tiny_model(dest: Path) -> Path:
 
 
 def child_load(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
     from lmsleep.models import load_base
 
-    load_base(Path(args.model_path))
-    return {"peak_rss_mb": peak_rss_mb()}
+    model, tokenizer = load_base(Path(args.model_path))
+    with torch.no_grad():  # touch every weight once: a loaded-but-unused safetensors mmap is not resident yet
+        model(input_ids=torch.tensor([tokenizer("Hello there.")["input_ids"]]))
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    return {"peak_rss_mb": peak_rss_mb(), "model_weights_mb": round(weights, 1)}
 
 
 def child_ours(args: argparse.Namespace) -> dict[str, Any]:
     import lmsleep.ks.consolidate as ks
+    import lmsleep.ks.teacher as teacher_side
     from lmsleep.config import SeedConfig
     from lmsleep.models import load_base
 
     model, tokenizer = load_base(Path(args.model_path))
     cfg = SeedConfig(method="ks", ks_steps=args.steps, ks_lambda=1.0, ks_alpha=1.0, ks_max_new_tokens=args.max_new_tokens,
-                     ks_expert_rank=args.rank, ks_prompts_per_memory=args.prompts_per_memory,
-                     batch_size=args.batch_size, ks_replay_prompts=0, seed=args.seed)
+                     ks_expert_rank=args.rank, ks_prompts_per_memory=args.prompts_per_memory, ks_lr=LR,
+                     ks_question_share=0.5,
+                     batch_size=args.batch_size, ks_replay_prompts=0, seed=args.seed, ks_teacher_topk=TOPK,
+                     ks_teacher_cache=False, ks_divergence="jsd", ks_beta=0.5, ks_temperature=TEMPERATURE)
     counted = {"tokens": 0}
-    real_teacher_logits = ks._teacher_logits
+    real_score = teacher_side.score
 
-    def counting_teacher_logits(cms, samples, *a, **kw):  # every fresh on-policy y is scored here exactly once
-        counted["tokens"] += sum(len(s.completion) for s in samples if s.kind == "on-policy")
-        return real_teacher_logits(cms, samples, *a, **kw)
+    def counting_score(teacher, samples, *a, **kw):  # every fresh on-policy y is scored here exactly once
+        counted["tokens"] += sum(len(s.completion) for s in samples if s.kind == "on-policy" and not s.scored)
+        return real_score(teacher, samples, *a, **kw)
 
-    ks._teacher_logits = counting_teacher_logits
+    teacher_side.score = counting_score
     real_tqdm, marks = ks.tqdm, {}
 
-    def stamped_tqdm(iterable, *a, **kw):  # the step loop starts here: prompts built, first teacher pass done
+    def stamped_tqdm(iterable, *a, **kw):  # the step loop starts here: prompts built
         marks["loop_start"] = time.perf_counter()
         return real_tqdm(iterable, *a, **kw)
 
     ks.tqdm = stamped_tqdm
+    memories = load_memories(args.memories)
     started = time.perf_counter()
-    _, losses, stats = ks.consolidate_memories(model, tokenizer, load_memories(args.memories), cfg)
+    _, losses, stats = ks.consolidate_memories(model, tokenizer, memories, cfg)
     wall = time.perf_counter() - started
-    prompts = [{"prompt": t["prompt"], "memory_id": t["memory_id"], "kind": t["kind"]}
+    texts = {str(m["id"]): m["text"] for m in memories}
+    prompts = [{"prompt": t["prompt"], "memory_id": t["memory_id"], "kind": t["kind"], "memory": texts[t["memory_id"]]}
                for t in stats["train_texts"] if t["kind"] != "on-policy"]
     setup = marks.get("loop_start", started) - started
     return {"tokens": counted["tokens"], "wall_s": round(wall, 3), "setup_s": round(setup, 3), "steps": len(losses),
             "peak_rss_mb": peak_rss_mb(), "prompts": prompts, "final_loss": losses[-1] if losses else None}
 
 
+def _student_text(prompt: dict[str, Any]) -> str:
+    """Ours' student instruction as a user turn (a question is put in the evaluate stage's format)."""
+    from lmsleep.prompts import question_messages
+
+    return question_messages(prompt["prompt"])[0]["content"] if prompt["kind"] == "question" else prompt["prompt"]
+
+
 def child_trl(args: argparse.Namespace) -> dict[str, Any]:
     from datasets import Dataset
     from peft import LoraConfig
-    from trl import DistillationConfig, DistillationTrainer
 
     from lmsleep.models import load_base
 
     prompts = json.loads(Path(args.prompts_file).read_text(encoding="utf-8"))
     student, tokenizer = load_base(Path(args.model_path))
-    teacher, _ = load_base(Path(args.model_path))  # TRL's teacher: a second copy of the weights
     tokenizer.padding_side = "left"
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p["prompt"]}]} for p in prompts])
     rank = args.rank
     peft_config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, task_type="CAUSAL_LM",
                              target_modules=["gate_proj", "up_proj", "down_proj"])
+    common = dict(max_steps=args.steps, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
+                  learning_rate=LR, max_completion_length=args.max_new_tokens, temperature=TEMPERATURE, top_k=0,
+                  top_p=1.0, bf16=False, fp16=False, use_cpu=True, gradient_checkpointing=False, report_to="none",
+                  logging_steps=max(1, args.steps), save_strategy="no", seed=args.seed, dataloader_num_workers=0,
+                  disable_tqdm=True)
+    rows = [{"prompt": [{"role": "user", "content": _student_text(p)}], "privileged_context": p["memory"]}
+            for p in prompts]
     with tempfile.TemporaryDirectory() as out:
-        config = DistillationConfig(
-            output_dir=out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-            gradient_accumulation_steps=1, learning_rate=1e-3, max_completion_length=args.max_new_tokens,
-            temperature=0.7, top_k=0, top_p=1.0, beta=0.5, bf16=False, fp16=False, use_cpu=True,
-            gradient_checkpointing=False, report_to="none", logging_steps=max(1, args.steps), save_strategy="no",
-            seed=args.seed, dataloader_num_workers=0, disable_tqdm=True)
-        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config, train_dataset=dataset,
-                                      processing_class=tokenizer, peft_config=peft_config)
+        if args.trl_trainer == "sdft":
+            from trl.experimental.sdft import SDFTConfig, SDFTTrainer
+
+            config = SDFTConfig(output_dir=out, num_generations=1, teacher_model_kind="base",
+                                distillation_mode="topk_logits", distillation_topk=TOPK, distillation_add_tail=True,
+                                distillation_alpha=0.5, teacher_prompt_template=TEACHER_TEMPLATE, **common)
+            trainer = SDFTTrainer(model=student, args=config, train_dataset=Dataset.from_list(rows),
+                                  processing_class=tokenizer, peft_config=peft_config)
+            generate_name = "_generate"
+        else:
+            from trl import DistillationConfig, DistillationTrainer
+
+            teacher, _ = load_base(Path(args.model_path))  # DistillationTrainer's teacher: a second copy
+            config = DistillationConfig(output_dir=out, beta=0.5, **common)
+            trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config,
+                                          train_dataset=Dataset.from_list([{"prompt": r["prompt"]} for r in rows]),
+                                          processing_class=tokenizer, peft_config=peft_config)
+            generate_name = "_generate_single_turn"
         counted = {"tokens": 0}
-        real_generate = trainer._generate_single_turn
+        real_generate = getattr(trainer, generate_name)
 
         def counting_generate(*a, **kw):
             out_ids = real_generate(*a, **kw)
-            completion_ids = out_ids[0] if isinstance(out_ids, tuple) else out_ids
+            completion_ids = out_ids[1] if generate_name == "_generate" else (
+                out_ids[0] if isinstance(out_ids, tuple) else out_ids)
             counted["tokens"] += sum(len(ids) for ids in completion_ids)
             return out_ids
 
-        trainer._generate_single_turn = counting_generate
+        setattr(trainer, generate_name, counting_generate)
         started = time.perf_counter()
         result = trainer.train()
         wall = time.perf_counter() - started
@@ -166,7 +204,8 @@ def run_child(role: str, args: argparse.Namespace, model_path: Path, extra: list
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", role, "--child-out", str(result_path),
            "--model-path", str(model_path), "--steps", str(args.steps), "--max-new-tokens", str(args.max_new_tokens),
            "--rank", str(args.rank), "--memories", str(args.memories), "--batch-size", str(args.batch_size),
-           "--prompts-per-memory", str(args.prompts_per_memory), "--seed", str(args.seed), *extra]
+           "--prompts-per-memory", str(args.prompts_per_memory), "--seed", str(args.seed),
+           "--trl-trainer", args.trl_trainer, *extra]
     env = {**os.environ, **OFFLINE}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT / "src"), env.get("PYTHONPATH")]))
     print(f"[{role}] " + " ".join(cmd[2:]), flush=True)
@@ -200,7 +239,9 @@ def bench_model(args: argparse.Namespace) -> dict[str, Any]:
         "ours_tokens_per_s": round(ours_tps, 2), "trl_tokens_per_s": round(trl_tps, 2),
         "speedup": round(ours_tps / trl_tps, 3) if trl_tps else None,
         "ours_peak_rss_mb": ours["peak_rss_mb"], "trl_peak_rss_mb": trl["peak_rss_mb"],
-        "one_model_rss_mb": load["peak_rss_mb"],
+        "one_model_rss_mb": load["peak_rss_mb"], "model_weights_mb": load["model_weights_mb"],
+        "ours_rss_vs_one_model": round(ours["peak_rss_mb"] / load["peak_rss_mb"], 3),
+        "trl_rss_vs_one_model": round(trl["peak_rss_mb"] / load["peak_rss_mb"], 3),
         "ours_steps": ours["steps"], "trl_steps": trl["steps"],
         "ours_tokens": ours["tokens"], "trl_tokens": trl["tokens"],
         "ours_wall_s": ours["wall_s"], "trl_wall_s": trl["wall_s"],
@@ -211,9 +252,14 @@ def bench_model(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {"model": args.model, "steps": args.steps, "max_new_tokens": args.max_new_tokens,
                      "rank": args.rank, "memories": args.memories, "prompts_per_memory": args.prompts_per_memory,
                      "prompts_per_step": args.batch_size, "seed": args.seed, "lambda": 1.0, "beta": 0.5,
-                     "temperature": 0.7, "dtype": "float32", "device": "cpu", "torch_threads": os.cpu_count(),
-                     "trl_version": trl_pkg.__version__, "trl_trainer": "trl.DistillationTrainer",
-                     "trl_teacher": "second copy of the model, same prompt as the student (no memory in context)",
+                     "temperature": TEMPERATURE, "learning_rate": LR, "teacher_topk": TOPK, "dtype": "float32", "device": "cpu", "torch_threads": os.cpu_count(),
+                     "trl_version": trl_pkg.__version__,
+                     "trl_trainer": {"sdft": "trl.experimental.sdft.SDFTTrainer",
+                                     "distillation": "trl.DistillationTrainer"}[args.trl_trainer],
+                     "trl_teacher": {"sdft": "the student with its LoRA disabled, memory in context (privileged "
+                                             "context, ours' teacher prompt)",
+                                     "distillation": "second copy of the model, same prompt as the student (no "
+                                                     "memory in context)"}[args.trl_trainer],
                      "ours_teacher": "same weights, memory in context, new expert off",
                      "tokens": "on-policy completion tokens (sampled by the student, scored by the teacher, trained on)",
                      "wall_s": "the consolidation call only (ours: consolidate_memories; TRL: trainer.train())"},
@@ -221,11 +267,11 @@ def bench_model(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
-    head = f"{'model':<9}{'ours tok/s':>11}{'trl tok/s':>11}{'speedup':>9}{'ours RSS MB':>13}{'trl RSS MB':>12}{'1 model MB':>12}"
+    head = f"{'model':<22}{'ours tok/s':>11}{'trl tok/s':>11}{'speedup':>9}{'ours RSS MB':>13}{'trl RSS MB':>12}{'1 model MB':>12}"
     print(head)
     print("-" * len(head))
     for name, r in results.items():
-        print(f"{name:<9}{r['ours_tokens_per_s']:>11.1f}{r['trl_tokens_per_s']:>11.1f}{r['speedup'] or 0:>9.2f}"
+        print(f"{name:<22}{r['ours_tokens_per_s']:>11.1f}{r['trl_tokens_per_s']:>11.1f}{r['speedup'] or 0:>9.2f}"
               f"{r['ours_peak_rss_mb']:>13.0f}{r['trl_peak_rss_mb']:>12.0f}{r['one_model_rss_mb']:>12.0f}")
 
 
@@ -239,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts-per-memory", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=2, help="prompts per optimizer step (both methods)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trl-trainer", choices=("sdft", "distillation"), default="sdft",
+                   help="TRL's context-distillation SDFTTrainer (same task as ours) or its DistillationTrainer")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results; other models' entries are kept")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -260,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             results = json.loads(args.out.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             results = {}
-    results.setdefault("models", {})[args.model] = entry
+    label = args.model if args.trl_trainer == "sdft" else f"{args.model}+{args.trl_trainer}"
+    results.setdefault("models", {})[label] = entry
     results["host"] = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

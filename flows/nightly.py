@@ -152,7 +152,7 @@ def build_params(root: str, params_file: str, overrides: list[str], night: str |
 def nightly_sleep(night: str | None = None, inbox: str | None = None, model: str | None = None,
                   root: str = ".", params_file: str = "params.yaml", overrides: list[str] | None = None
                   ) -> dict[str, Any]:
-    """One night: collect -> validate -> seed -> evaluate -> promote (after preparing the base model once)."""
+    """One night: collect -> validate -> seed -> dream -> evaluate -> promote (after preparing the base model once)."""
     params = build_params(root, params_file, overrides or [], night, inbox, model)
     ws = Workspace.from_env(root)
     logger = get_run_logger()

@@ -40,6 +40,7 @@ if "PREFECT_HOME" not in os.environ:  # keep ~/.prefect clean
     atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
 
 from lmsleep.config import Params, Workspace, render_params_yaml  # noqa: E402
+from tinyworld import small_dream  # noqa: E402 - dreaming at test size, shared with the unit tests' workspaces
 
 PROJECT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -83,7 +84,7 @@ def tiny_params(**night: str) -> Params:
     params.validate.max_rejection_rate = 0.9
     for key, value in night.items():
         setattr(params.night, key, value)
-    return params
+    return small_dream(params)
 
 
 def day_bytes(valid: int = 4, malformed: bool = True) -> bytes:

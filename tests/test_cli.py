@@ -38,7 +38,7 @@ def test_night_then_rerun_status_ask_and_rollback(workspace, capsys):
 
     assert main(["status"]) == 0
     status = capsys.readouterr().out
-    assert "champion:  n1" in status and "collect > validate > seed > evaluate > promote" in status
+    assert "champion:  n1" in status and "collect > validate > seed > dream > evaluate > promote" in status
 
     assert main(["ask", "Who steers ferry number 1?", "--max-new-tokens", "4"]) == 0
     assert "[champion: n1; memory in context: no]" in capsys.readouterr().out

@@ -207,8 +207,9 @@ def test_stage_deployments_sit_on_the_pools_params_choose(prefect_harness, tmp_p
         for deployment in stage_deployments(params, tmp_path):
             deployment.apply()
         stored = {stage: client.read_deployment_by_name(f"{STAGE_FLOW_NAME}/{stage}") for stage in STAGES}
+        on_kubernetes = ("seed", "dream", "evaluate")
         assert {stage: d.work_pool_name for stage, d in stored.items()} == {
-            stage: infra.kubernetes_pool if stage in ("seed", "evaluate") else infra.process_pool for stage in STAGES}
+            stage: infra.kubernetes_pool if stage in on_kubernetes else infra.process_pool for stage in STAGES}
         assert all(d.entrypoint == "flows.deployments.stage_flow" for d in stored.values())
         assert all(d.parameters["stage"] == stage for stage, d in stored.items())
         assert all("lmsleep" in d.tags for d in stored.values())

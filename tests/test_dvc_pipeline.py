@@ -51,3 +51,20 @@ def test_exp_run_sweeps_a_param_and_exp_show_lists_it(dvc_repo) -> None:
     assert data["params"]["params.yaml"]["data"]["seed"]["lr"] == 0.0005
     metrics = data["metrics"][f"reports/{dvc_repo.night}/metrics.json"]["data"]
     assert "promoted" in metrics and "acquisition_after" in metrics
+
+
+def test_the_ks_teacher_cache_is_a_persistent_seed_output(tmp_path) -> None:
+    """DVC deletes a stage's outputs before rerunning it unless they persist: the teacher cache must, or a rerun
+    (or `dvc exp run -S seed.ks_lr=...` in the workspace) could never find what the last run wrote."""
+    from pathlib import Path
+
+    from lmsleep.config import Workspace
+    from lmsleep.stages.seed import teacher_cache_dir
+
+    stages = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
+    outs = {next(iter(o)) if isinstance(o, dict) else o: (o[next(iter(o))] if isinstance(o, dict) else {})
+            for o in stages["seed"]["outs"]}
+    declared = "data/nights/${night.id}/teacher_cache"
+    assert outs[declared] == {"persist": True}
+    ws = Workspace(tmp_path)
+    assert teacher_cache_dir(ws, "n1") == tmp_path / declared.replace("${night.id}", "n1")

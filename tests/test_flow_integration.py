@@ -99,6 +99,20 @@ def test_flow_night_completes_every_stage_as_a_task(flow_night: FlowNight) -> No
     print(f"flow night: {flow_night.seconds:.1f} s")
 
 
+def test_flow_night_dreams_between_seed_and_evaluate(flow_night: FlowNight) -> None:
+    summaries, ws = flow_night.state.result(), flow_night.tw.ws
+    assert list(summaries).index("dream") == list(summaries).index("seed") + 1
+    dreamt = summaries["dream"]
+    assert dreamt["enabled"] and dreamt["made"] > 0 and dreamt["rehearsed"], dreamt
+    assert ws.challenger_lineage(NIGHT) == ws.night_dream(NIGHT) / "lineage.json"
+    lineage = read_json(ws.challenger_lineage(NIGHT))
+    assert lineage["adapters"][-1] == f"models/nights/{NIGHT}/dream/adapter"
+    assert len(read_jsonl(ws.night_dream(NIGHT) / "ledger.jsonl")) == dreamt["made"]
+    assert (ws.night_dream(NIGHT) / "writer" / "adapter_model.safetensors").exists()
+    assert read_json(ws.night_report(NIGHT) / "eval.json")["nights_after"] == lineage["nights"]
+    print(f"dream stage of the tiny night: {dreamt['seconds']} s")
+
+
 def test_flow_night_writes_metrics(flow_night: FlowNight) -> None:
     metrics_path = flow_night.tw.ws.night_report(NIGHT) / "metrics.json"
     metrics = read_json(metrics_path)

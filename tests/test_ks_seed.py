@@ -8,6 +8,8 @@ from safetensors.torch import load_file
 from tinyworld import memory, tiny_workspace
 
 from lmsleep.ks import consolidate as ks
+from lmsleep.ks import teacher as teacher_side
+from lmsleep.ks.samples import replay_samples
 from lmsleep.memory import read_jsonl, write_jsonl
 from lmsleep.models import load_base, load_lineage
 from lmsleep.stages import seed
@@ -20,6 +22,7 @@ def ks_params(params, **overrides):
     params.seed.ks_steps = 3
     params.seed.ks_max_new_tokens = 6
     params.seed.ks_prompts_per_memory = 2
+    params.seed.ks_question_share = 0.5  # one question, one completion per memory
     params.seed.ks_lr = 1e-2
     params.seed.ks_expert_rank = 4
     for key, value in overrides.items():
@@ -121,7 +124,7 @@ def test_sampling_carries_no_grad_and_teacher_runs_once_per_sample(night, monkey
     params.seed.ks_lambda = 0.5
     params.seed.ks_steps = 4
     grad_during_generate, teacher_rows = [], []
-    real_teacher = ks._teacher_logits
+    real_score = teacher_side.score
     from lmsleep.cms.experts import CMSModel
 
     real_generate = CMSModel.generate
@@ -132,13 +135,15 @@ def test_sampling_carries_no_grad_and_teacher_runs_once_per_sample(night, monkey
         assert not out.requires_grad
         return out
 
-    def teacher(cms, samples, *args, **kwargs):
-        assert all(s.teacher is None for s in samples)  # never recomputed for a sample
-        teacher_rows.extend(samples)
-        return real_teacher(cms, samples, *args, **kwargs)
+    def score(model, samples, *args, **kwargs):
+        todo = [s for s in samples if not s.scored]
+        n = real_score(model, samples, *args, **kwargs)
+        assert n == len(todo) and all(s.scored for s in samples)
+        teacher_rows.extend(todo)
+        return n
 
     monkeypatch.setattr(CMSModel, "generate", generate)
-    monkeypatch.setattr(ks, "_teacher_logits", teacher)
+    monkeypatch.setattr(teacher_side, "score", score)
     summary = seed.run(params, ws)
     assert grad_during_generate and not any(grad_during_generate)
     log = json.loads((ws.night_model("n1") / "train_log.json").read_text())
@@ -147,10 +152,60 @@ def test_sampling_carries_no_grad_and_teacher_runs_once_per_sample(night, monkey
     assert summary["steps"] * params.seed.batch_size > len(teacher_rows) - log["ks"]["prompts"]
 
 
+def test_a_cached_teacher_reruns_identically_without_running_the_teacher(night, monkeypatch):
+    """ks_teacher_cache: the second run with the same key loads every sample and log-prob, writes no question,
+    samples no teacher completion, scores nothing, and trains exactly the same expert."""
+    params, ws = night
+    params.seed.ks_lambda = 0.0
+    params.seed.ks_steps = 4
+    first = seed.run(params, ws)
+    cache = seed.teacher_cache_dir(ws, "n1")
+    files = list(cache.glob("*.safetensors"))
+    assert first["teacher_cache"] == "miss" and len(files) == 1
+    adapter = load_file(ws.night_model("n1") / "adapter" / "adapter_model.safetensors")
+    texts = read_jsonl(ws.night_model("n1") / "train_texts.jsonl")
+
+    import shutil
+
+    shutil.rmtree(ws.night_model("n1"))
+    calls = []
+    monkeypatch.setattr(ks, "build_samples", lambda *a, **k: calls.append("build") or [])
+    monkeypatch.setattr(teacher_side, "sample_completions", lambda *a, **k: calls.append("sample") or [])
+    second = seed.run(params, ws)
+    assert second["teacher_cache"] == "hit" and second["teacher_samples"] == 0 and not calls
+    again = load_file(ws.night_model("n1") / "adapter" / "adapter_model.safetensors")
+    assert again.keys() == adapter.keys() and all(torch.equal(adapter[k], again[k]) for k in adapter)
+    assert read_jsonl(ws.night_model("n1") / "train_texts.jsonl") == texts
+
+    shutil.rmtree(ws.night_model("n1"))
+    monkeypatch.undo()
+    params.seed.ks_prompts_per_memory = 4  # a key field: a new file, the old one kept for its own key
+    assert seed.run(params, ws)["teacher_cache"] == "miss" and len(list(cache.glob("*.safetensors"))) == 2
+
+
+def test_lambda_one_without_cache_writes_no_teacher_completion_up_front(night, monkeypatch):
+    params, ws = night
+    params.seed.ks_lambda = 1.0
+    params.seed.ks_teacher_cache = False
+    written = []
+    real = teacher_side.write_completions
+
+    def write(model, tokenizer, samples, cfg):
+        written.extend(s for s in samples if not s.completion)
+        return real(model, tokenizer, samples, cfg)
+
+    monkeypatch.setattr(teacher_side, "write_completions", write)
+    summary = seed.run(params, ws)
+    assert summary["teacher_cache"] == "off" and not written
+    kinds = {r["kind"] for r in read_jsonl(ws.night_model("n1") / "train_texts.jsonl")}
+    assert "on-policy" in kinds
+
+
 def test_pure_distillation_loss_falls(night):
     params, ws = night
     params.seed.ks_alpha = 1.0
     params.seed.ks_lambda = 0.0  # a fixed teacher set: the loss curve is comparable step to step
+    params.seed.ks_teacher_temperature = 0.7  # sampled y: the random tiny model's greedy y is one repeated token
     params.seed.ks_steps = 10
     params.seed.ks_lr = 2e-2
     seed.run(params, ws)
@@ -160,20 +215,95 @@ def test_pure_distillation_loss_falls(night):
     assert last < first, (per_epoch, losses)
 
 
-def test_alignment_compares_the_logits_that_predict_y():
-    """Teacher prompt longer than the student's: the sliced logits must be the ones predicting y in both."""
-    class Echo(torch.nn.Module):
-        def parameters(self):
-            return iter([torch.zeros(1)])
+def test_completion_logits_are_the_full_forward_logits_that_predict_y():
+    """Prompts of different lengths, right padding, the LM head only at y's positions: the same numbers as slicing
+    a full forward of each row alone, with and without a (non-zero) CMS expert acting through its hooks."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-        def __call__(self, input_ids, attention_mask):
-            # the "logits" at position t are a one-hot of the NEXT token: exact when the slice is right
-            nxt = torch.roll(input_ids, -1, 1)
-            return type("O", (), {"logits": torch.nn.functional.one_hot(nxt, 50).float()})()
+    from lmsleep.cms import CMSConfig, LevelSpec, wrap_model
+    from lmsleep.ks.rollout import completion_logits
 
-    y = [7, 8, 9]
-    teacher, student = ks._forward_completions(Echo(), [([1, 2, 3, 4, 5], y), ([1, 2], y)], pad_id=0)
-    assert teacher.argmax(-1).tolist() == y and student.argmax(-1).tolist() == y
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    rows = [([1, 2, 3, 4, 5], [7, 8, 9]), ([1, 2], [7, 8, 9, 10])]
+    for net in (model, wrap_model(model, CMSConfig(levels=[LevelSpec(name="night", pool_size=1, rank=2)]))):
+        if net is not model:
+            net.activate_expert("night")
+            with torch.no_grad():
+                for pool in net.level("night").pools.values():
+                    pool.B[0].normal_()
+        with torch.no_grad():
+            got = completion_logits(net, rows, pad_id=0)
+            for (p, y), g in zip(rows, got):
+                full = net(input_ids=torch.tensor([p + y])).logits[0]
+                assert g.shape == (len(y), 50)
+                assert torch.allclose(g, full[len(p) - 1 : len(p) + len(y) - 1], atol=1e-5)
+
+
+def test_teacher_top_k_keeps_k_log_probs_per_token_and_the_loss_falls(night):
+    params, ws = night
+    params.seed.ks_lambda = 0.0
+    params.seed.ks_teacher_topk = 5
+    params.seed.ks_teacher_cache = False
+    params.seed.ks_teacher_temperature = 0.7
+    params.seed.ks_steps = 10
+    params.seed.ks_lr = 2e-2
+    seed.run(params, ws)
+    log = json.loads((ws.night_model("n1") / "train_log.json").read_text())
+    losses = log["losses"]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+
+
+def test_score_keeps_the_teacher_top_k_of_the_full_softmax():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmsleep.ks.samples import Sample
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    full, top = (Sample("m", "continuation", [1, 2], [1, 2, 3, 4], "p", [5, 6, 7]) for _ in range(2))
+    assert teacher_side.score(model, [full], 0, 4, 0) == 1 and teacher_side.score(model, [top], 0, 4, 3) == 1
+    assert teacher_side.score(model, [full, top], 0, 4, 3) == 0  # scored once, never again
+    assert full.teacher_logprobs.shape == (3, 40) and full.teacher_ids is None
+    assert top.teacher_logprobs.shape == (3, 3) and top.teacher_ids.shape == (3, 3)
+    assert torch.allclose(full.teacher_logprobs.exp().sum(-1), torch.ones(3), atol=1e-5)
+    expected = full.teacher_logprobs.topk(3, dim=-1)
+    assert torch.allclose(top.teacher_logprobs, expected.values) and torch.equal(top.teacher_ids, expected.indices)
+
+
+def test_scoring_after_the_cached_memory_prefix_equals_scoring_whole_prompts():
+    """The teacher's keys/values over a memory's shared prefix, computed once, give the same log-probs as running
+    every teacher prompt in full; prompts that do not extend the prefix (another memory) are run in full."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmsleep.ks.rollout import PrefixKV
+    from lmsleep.ks.samples import Sample
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=60, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1)).eval()
+    head = list(range(1, 21))  # 20 shared tokens: "<header> Text: <memory>"
+
+    def batch():
+        return [Sample("m1", "continuation", [1], head + [30, 31], "p", [40, 41, 42]),
+                Sample("m1", "question", [1], head + [32], "p", [43, 44]),
+                Sample("m1", "on-policy", [1], head + [30, 31], "p", [45]),
+                Sample("m2", "continuation", [1], [5, 6, 7, 8], "p", [46, 47])]
+
+    plain, cached = batch(), batch()
+    prefixes = teacher_side.memory_prefixes(model, cached)
+    assert set(prefixes) == {("m1", "memory")} and prefixes[("m1", "memory")].tokens == head
+    teacher_side.score(model, plain, 0, 2, 0)
+    teacher_side.score(model, cached, 0, 2, 0, prefixes)
+    for a, b in zip(plain, cached):
+        assert torch.allclose(a.teacher_logprobs, b.teacher_logprobs, atol=1e-5)
+    wrong = PrefixKV(model, [7] * 20)
+    wrong.tokens = head  # a cache that does not belong to these tokens must change the result: it is really used
+    stale = batch()
+    teacher_side.score(model, stale, 0, 2, 0, {("m1", "memory"): wrong})
+    assert not torch.allclose(stale[0].teacher_logprobs, plain[0].teacher_logprobs, atol=1e-3)
 
 
 def test_ks_replays_earlier_nights_prompts_with_the_model_as_teacher(night):
@@ -209,7 +339,7 @@ def test_replay_teacher_sees_no_memory(night):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(ws.base_model("tiny"))
-    [s] = ks._replay_samples(tokenizer, [{"night": "n0", "kind": "continuation", "prompt": "Continue: a b c",
+    [s] = replay_samples(tokenizer, [{"night": "n0", "kind": "continuation", "prompt": "Continue: a b c",
                                           "memory_id": "m-000"}])
     assert s.student_prompt == s.teacher_prompt and s.source == "replay:n0"
 

@@ -37,6 +37,18 @@ def write_day(inbox: Path, name: str, records: list[dict], extra_lines: list[byt
     return path
 
 
+def small_dream(params: Params) -> Params:
+    """Dreaming at test size. The tiny model learns nothing, so tau never rises on its own: a margin of -1e9 rewards
+    every tested dream, so a tiny night still runs rehearsal and ReST-EM end to end (the reward rule has its own
+    tests in test_dream.py)."""
+    dream = params.dream
+    dream.kinds = ["continuation", "qa"]  # a random tiny model rarely writes a 4-word restatement or a real question
+    dream.dreams_per_memory, dream.max_new_tokens, dream.tau_questions, dream.tau_answers = 2, 12, 1, 1
+    dream.max_trials, dream.trial_steps, dream.writer_steps, dream.rehearsal_steps = 4, 1, 2, 2
+    dream.reward_margin = -1e9
+    return params
+
+
 def tiny_params(night: str = "n1") -> Params:
     params = Params()
     params.night.id = night
@@ -45,7 +57,7 @@ def tiny_params(night: str = "n1") -> Params:
     params.seed.lr = 5e-3
     params.evaluate.max_new_tokens = 6
     params.tracking.wandb_mode = "disabled"
-    return params
+    return small_dream(params)
 
 
 _TINY_CACHE: dict[str, Path] = {}

@@ -4,6 +4,7 @@
     lmsleep seed --night demo-smollm2 --set seed.lr=5e-4            # one stage (what dvc.yaml calls)
     lmsleep ask "Who is the captain of the Esselmoor ferry?"        # the champion, no memory in context
     lmsleep status | lmsleep rollback
+    lmsleep bench quality --seeds 3                                  # a benchmark -> bench/results/ (lmsleep.bench)
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ def cmd_status(args: argparse.Namespace) -> None:
         done = [s for s, f in (("collect", ws.night_data(night) / "collect_manifest.json"),
                                ("validate", ws.night_data(night) / "accepted.jsonl"),
                                ("seed", ws.night_model(night) / "lineage.json"),
+                               ("dream", ws.night_dream(night) / "dream_log.json"),
                                ("evaluate", ws.night_report(night) / "eval.json"),
                                ("promote", ws.night_report(night) / "metrics.json")) if f.exists()]
         print(f"  {night:24s} {' > '.join(done) or '-'}")
@@ -156,6 +158,17 @@ def cmd_params(args: argparse.Namespace) -> None:
     from lmsleep.config import render_params_yaml
 
     print(render_params_yaml(resolve(args)[0]), end="")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from lmsleep.bench.harness import get_benchmark, run
+
+    params, ws = resolve(args)
+    options = {key: yaml.safe_load(value) for key, _, value in (o.partition("=") for o in args.option)}
+    bench = get_benchmark(args.name, **options)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    run(bench, params, ws, seeds=args.seeds, limit=args.limit, methods=methods, out_dir=args.out,
+        command=" ".join(["lmsleep", *args.argv]))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +192,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-file", default=None, help="a file whose text goes in context")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.set_defaults(func=cmd_ask)
+    p = sub.add_parser("bench", help="run a benchmark: seeds x methods, results in bench/results/ (lmsleep.bench)")
+    p.add_argument("name", help="benchmark: quality | squad")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--limit", type=int, default=None, help="at most K memories/passages per set (a quick run)")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: the benchmark's own list)")
+    p.add_argument("--out", default="bench/results", help="output folder (default: bench/results in --root)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a benchmark option, e.g. --option mode=single for squad (repeatable)")
+    p.add_argument("--params", default="params.yaml", help="params file: the seed and evaluate sections are used")
+    p.add_argument("--root", default=None, help="workspace root (default: $LMSLEEP_ROOT or .)")
+    p.add_argument("--model", default=None, help="smollm2 | tiny | a local HF folder (prepare_model.name)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a params value, e.g. --set seed.ks_steps=60 (repeatable)")
+    p.set_defaults(func=cmd_bench, night=None, inbox=None)
     for name, func, help_text in (("status", cmd_status, "nights, champion and pending inbox"),
                                   ("rollback", cmd_rollback, "restore the previous champion"),
                                   ("params", cmd_params, "print params.yaml with every field's help")):
@@ -189,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = list(argv)  # the command as typed, recorded by `bench` in its results
     try:
         args.func(args)
     except NightStopped as stop:

@@ -86,26 +86,103 @@ class SeedConfig:
     seed: int = _f(0, "seed for shuffling and initialisation")
     accelerate_config: str = _f("", "accelerate config file to train under (e.g. configs/accelerate/cpu_ddp.yaml); "
                                     "empty = this process")
-    ks_steps: int = _f(16, "ks: optimizer steps (each on batch_size prompts)")
-    ks_lr: float = _f(1e-3, "ks: AdamW learning rate of the new expert")
+    ks_steps: int = _f(96, "ks: optimizer steps (each on batch_size prompts)")
+    ks_lr: float = _f(2e-3, "ks: AdamW learning rate of the new expert")
     ks_expert_rank: int = _f(16, "ks: rank of the new low-rank expert (its alpha is 2 x rank)")
-    ks_prompts_per_memory: int = _f(2, "ks: prompts per memory, half continuations of memory prefixes, half "
-                                       "questions the model writes about the memory (never probes)")
-    ks_lambda: float = _f(0.5, "ks: on-policy fraction: probability that y is sampled from the student, not the teacher")
-    ks_divergence: str = _f("jsd", "ks: token-level divergence: forward_kl | reverse_kl | jsd")
+    ks_prompts_per_memory: int = _f(8, "ks: prompts per memory, spread over its sentences: questions the model "
+                                       "writes about a sentence, and completions of a sentence's first words "
+                                       "(lmsleep.ks.samples; never probes)")
+    ks_question_share: float = _f(0.75, "ks: fraction of each memory's prompts that are self-written questions (the "
+                                       "rest: clozes and sentence completions)")
+    ks_cloze_share: float = _f(0.0, "ks: fraction of each memory's prompts that are clozes (a sentence with one name "
+                                    "or number blanked out, lmsleep.ks.samples)")
+    ks_lambda: float = _f(0.0, "ks: on-policy fraction: probability that y is sampled from the student, not the "
+                               "teacher (0: the teacher's own y only; the best of the demo-night settings tried, "
+                               "docs/results.md, and the teacher cache then replays the whole night)")
+    ks_divergence: str = _f("forward_kl", "ks: token-level divergence: forward_kl | reverse_kl | jsd (forward KL "
+                                          "learns new facts: JSD saturates where the student gives the teacher's "
+                                          "token almost no mass; docs/results.md)")
     ks_beta: float = _f(0.5, "ks: generalized JSD beta (weight of the teacher; 0 = forward KL, 1 = reverse KL)")
     ks_alpha: float = _f(1.0, "ks: loss = alpha * distillation + (1 - alpha) * LTI REINFORCE; 1.0 = pure "
                               "distillation (the fast default; 0.8 adds Learning to Imitate at ~2x the time)")
     ks_gamma: float = _f(0.5, "ks: LTI reward = gamma * r_sem (judge) + (1 - gamma) * r_abs (Levenshtein)")
     ks_z0: float = _f(200.0, "ks: LTI r_abs is 0 when the character Levenshtein distance exceeds this")
     ks_group_size: int = _f(4, "ks: LTI student completions per teacher prefix (REINFORCE group)")
-    ks_temperature: float = _f(0.7, "ks: sampling temperature of teacher and student completions (below 1: a "
-                                           "small teacher's samples at 1.0 drift off the memory)")
+    ks_temperature: float = _f(0.7, "ks: sampling temperature of the self-written questions and of the student's "
+                                    "on-policy completions")
+    ks_teacher_temperature: float = _f(0.0, "ks: temperature of the teacher's completions y; 0 = greedy, the answer "
+                                            "the in-context ceiling is measured with (a 135M teacher's samples drift "
+                                            "off the memory even at 0.3)")
     ks_max_new_tokens: int = _f(32, "ks: longest sampled completion (tokens)")
     ks_replay_prompts: int = _f(8, "ks: prompts replayed from earlier nights of the champion lineage (their "
                                    "train_texts.jsonl; never probes); their teacher is the model WITHOUT any memory "
                                    "in context, so the student keeps answering as before (retention); 0 = none")
     ks_expert_level_layers: list = _f([], "ks: decoder layers whose MLPs the new expert covers (indices); [] = all")
+    ks_anchor_prompts: int = _f(0, "ks: general requests (no memory) trained with the model as it is as teacher, so "
+                                   "the new expert leaves general behaviour alone; 0 = none")
+    ks_anchor_file: str = _f("", "ks: the anchor prompts, one per line; '' = the bundled "
+                                 "src/lmsleep/ks/anchor_prompts.txt")
+    ks_teacher_topk: int = _f(64, "ks: the teacher's k most likely next tokens kept per position (plus a tail bucket; "
+                                  "lmsleep.ks.teacher); 0 = the full vocabulary (exact, vocab x 4 bytes per token)")
+    ks_teacher_cache: bool = _f(True, "ks: keep the teacher's samples and log-probs in data/nights/<night>/"
+                                      "teacher_cache.safetensors (DVC-tracked); a rerun or sweep with the same key "
+                                      "skips question writing, teacher sampling and scoring")
+
+
+DREAM_KINDS = ("qa", "restatement", "implication", "continuation")
+
+
+@dataclass
+class DreamConfig:
+    enabled: bool = _f(True, "dream after seed (PAPER §5: write, select, test and rehearse synthetic data about each "
+                             "memory); false = a recorded no-op passthrough (the 'no dreaming' ablation)")
+    dreams_per_memory: int = _f(4, "m: dreams written per memory and ReST-EM round")
+    kinds: list = _f(list(DREAM_KINDS), "dream kinds, cycled over a memory's m dreams: qa (a question and its answer), "
+                                        "restatement, implication, continuation")
+    random_expert: bool = _f(True, "novelty: while dreams are written, every CMS level also activates one random "
+                                   "expert (a fresh one per dream slot, gone afterwards); false = the ablation")
+    novelty_std: float = _f(0.02, "std of the random expert's B (its A is kaiming-uniform, like a new expert's)")
+    temperature: float = _f(0.8, "sampling temperature of the dream writer")
+    max_new_tokens: int = _f(40, "longest dream part (question, answer, restatement...), in tokens")
+    tau_questions: int = _f(2, "tau: questions the model writes per memory (memory in context) for its task measure")
+    tau_answers: int = _f(3, "tau: sampled in-context answers per question, compared with the greedy one")
+    tau_min_agreement: float = _f(0.5, "tau: a question is kept when at least this fraction of its sampled answers "
+                                       "agree with the greedy answer (memories with none fall back to recall items)")
+    tau_metric: str = _f("loss", "tau: 'loss' (minus the mean NLL of the kept answers without the memory; continuous "
+                                 "and cheap) or 'accuracy' (greedy no-context answers graded against them)")
+    grad_selection: bool = _f(True, "score dreams by <grad SFT loss of the dream, grad tau loss> on tonight's expert; "
+                                    "false = random scores (the 'random top-k' ablation)")
+    top_k: int = _f(1, "dreams kept per memory by score")
+    random_b: int = _f(1, "dreams kept per memory at random among the rest (exploration)")
+    max_trials: int = _f(24, "cap on train-and-test trials per round (kept dreams beyond it are not tested)")
+    trial_steps: int = _f(3, "optimizer steps of one isolated LoRA copy on its dream")
+    trial_lr: float = _f(5e-3, "AdamW learning rate of the isolated LoRA copies")
+    trial_rank: int = _f(8, "LoRA rank of the isolated copies")
+    trial_target_modules: list = _f(["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
+                                    "modules the isolated LoRA copies adapt")
+    reward_margin: float = _f(0.0, "reward 1 only when tau rises by more than this (nats of answer loss or accuracy)")
+    rest_em: bool = _f(True, "ReST-EM: SFT the dream writer (a LoRA) on (memory -> rewarded dream); false = ablation")
+    rest_em_rounds: int = _f(1, "ReST-EM rounds per night (each: write, select, test, then SFT the writer)")
+    writer_steps: int = _f(8, "writer SFT steps per ReST-EM round")
+    writer_lr: float = _f(1e-3, "AdamW learning rate of the writer")
+    writer_rank: int = _f(8, "LoRA rank of the dream writer (saved per night: models/nights/<night>/dream/writer)")
+    writer_target_modules: list = _f(["q_proj", "v_proj"], "modules the writer LoRA adapts")
+    rehearsal_steps: int = _f(8, "KS steps that train tonight's expert on the accepted dreams (batch: seed.batch_size)")
+    rehearsal_lr: float = _f(1e-3, "AdamW learning rate of tonight's expert during rehearsal")
+    seed: int = _f(0, "seed of dream sampling, selection and initialisation")
+
+    def __post_init__(self) -> None:
+        unknown = [k for k in self.kinds if k not in DREAM_KINDS]
+        if unknown or not self.kinds:
+            raise ValueError(f"params: dream.kinds must be a non-empty subset of {list(DREAM_KINDS)}, got {self.kinds}")
+        if self.tau_metric not in ("loss", "accuracy"):
+            raise ValueError(f"params: dream.tau_metric must be 'loss' or 'accuracy', got {self.tau_metric!r}")
+        for key in ("dreams_per_memory", "rest_em_rounds"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"params: dream.{key} must be >= 1")
+        for key in ("top_k", "random_b", "max_trials", "trial_steps", "writer_steps", "rehearsal_steps"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"params: dream.{key} must be >= 0")
 
 
 @dataclass
@@ -235,6 +312,7 @@ class Params:
     collect: CollectConfig = field(default_factory=CollectConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     seed: SeedConfig = field(default_factory=SeedConfig)
+    dream: DreamConfig = field(default_factory=DreamConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -331,6 +409,15 @@ class Workspace:
 
     def night_model(self, night: str) -> Path:
         return self.root / "models" / "nights" / night
+
+    def night_dream(self, night: str) -> Path:
+        """The dream stage's outputs (its own DVC out, beside the seed stage's files of the night)."""
+        return self.night_model(night) / "dream"
+
+    def challenger_lineage(self, night: str) -> Path:
+        """The night's challenger: the dream stage's lineage once it ran (rehearsed, or a passthrough), else seed's."""
+        dreamed = self.night_dream(night) / "lineage.json"
+        return dreamed if dreamed.exists() else self.night_model(night) / "lineage.json"
 
     def night_report(self, night: str) -> Path:
         return self.root / "reports" / night

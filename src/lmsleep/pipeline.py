@@ -12,7 +12,7 @@ from typing import Any
 from lmsleep.config import Params, Workspace
 from lmsleep.tracking import stage_run
 
-STAGES = ("prepare_model", "collect", "validate", "seed", "evaluate", "promote")
+STAGES = ("prepare_model", "collect", "validate", "seed", "dream", "evaluate", "promote")
 
 
 def stage_outputs(stage: str, params: Params, ws: Workspace) -> list[Path]:
@@ -24,6 +24,7 @@ def stage_outputs(stage: str, params: Params, ws: Workspace) -> list[Path]:
         "collect": [data / "collected.jsonl", data / "collect_manifest.json"],
         "validate": [data / "accepted.jsonl", data / "quarantine.jsonl", data / "validation.json"],
         "seed": [model / "lineage.json", model / "train_log.json", model / "adapter"],
+        "dream": [ws.night_dream(night)],
         "evaluate": [report / "eval.json", report / "answers.jsonl"],
         "promote": [report / "metrics.json", report / "report.md"],
     }[stage]

@@ -31,11 +31,11 @@ Design (PAPER.md §2 leaves expert and router form open; these are our choices):
 
 from lmsleep.cms.config import ARCH_TARGETS, CMSConfig, LevelSpec, split_layers
 from lmsleep.cms.experts import CMSLevel, CMSModel, ExpertPool, Router, wrap_model
-from lmsleep.cms.export import export_merged, export_peft_adapter, merged_deltas
+from lmsleep.cms.export import export_merged, export_peft_adapter, import_peft_adapter, merged_deltas
 from lmsleep.cms.state import base_fingerprint, load_state, read_manifest, save_state
 
 __all__ = [
     "ARCH_TARGETS", "CMSConfig", "CMSLevel", "CMSModel", "ExpertPool", "LevelSpec", "Router", "base_fingerprint",
-    "export_merged", "export_peft_adapter", "load_state", "merged_deltas", "read_manifest", "save_state",
-    "split_layers", "wrap_model",
+    "export_merged", "export_peft_adapter", "import_peft_adapter", "load_state", "merged_deltas", "read_manifest",
+    "save_state", "split_layers", "wrap_model",
 ]

@@ -97,3 +97,47 @@ def export_merged(cms: CMSModel, directory: str | Path, tokenizer: Any = None) -
 
 def _regex(name: str) -> str:
     return name.replace(".", r"\.")
+
+
+def import_peft_adapter(model, directory: str | Path, level: str, pool_size: int = 1) -> tuple[CMSModel, int]:
+    """The inverse of `export_peft_adapter` for ONE dense expert: wrap `model` with a level named `level` covering
+    exactly the adapter's layers and holding its LoRA as expert `index` (returned); logits equal those of
+    `PeftModel.from_pretrained(model, directory)`. The export folded alpha / r into B, so the level's scaling is 1.
+    `pool_size` > 1 leaves free slots (e.g. for dreaming's random expert). An adapter whose modules have different
+    ranks (several experts, or a LoRA that is not a CMS export) is refused."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from lmsleep.cms.config import CMSConfig, LevelSpec
+    from lmsleep.cms.experts import wrap_model
+
+    directory = Path(directory)
+    config = json.loads((directory / "adapter_config.json").read_text())
+    if config.get("rank_pattern") or config.get("lora_alpha") != config.get("r"):
+        raise ValueError(f"{directory}: not a single CMS expert export (rank_pattern or alpha != r)")
+    tensors = load_file(str(directory / ADAPTER_WEIGHTS))
+    probe = wrap_model(model, CMSConfig(levels=[LevelSpec(name=level, pool_size=1, rank=1, alpha=1.0)]))
+    where = {name: key for key, name in probe.module_names.items()}  # module name -> (layer, proj)
+    targets = probe.targets
+    probe.unwrap()
+    prefix, deltas = "base_model.model.", {}
+    for key, tensor in tensors.items():
+        name, _, part = key[len(prefix):].rpartition(".lora_")
+        if name not in where:
+            raise ValueError(f"{directory}: {name} is not an MLP projection a CMS expert covers ({targets})")
+        deltas.setdefault(where[name], {})[part.split(".")[0]] = tensor
+    rank = int(config["r"])
+    layers = sorted({layer for layer, _ in deltas})
+    if {proj for _, proj in deltas} != set(targets) or len(deltas) != len(layers) * len(targets):
+        raise ValueError(f"{directory}: the adapter does not cover every projection {targets} of its layers")
+    cms = wrap_model(model, CMSConfig(levels=[LevelSpec(name=level, layers=layers, pool_size=pool_size, rank=rank,
+                                                        alpha=float(rank))]))
+    index = cms.activate_expert(level)
+    pools = cms.level(level).pools
+    with torch.no_grad():
+        for (layer, proj), parts in deltas.items():
+            pool = pools[f"layer{layer}_{proj}"]
+            pool.A[index].copy_(parts["A"])
+            pool.B[index].copy_(parts["B"])
+    return cms, index

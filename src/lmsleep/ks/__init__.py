@@ -5,6 +5,11 @@
     imitation.py   Learning to Imitate: character Levenshtein r_abs, judge-based r_sem, random prefixes,
                    group-normalised REINFORCE, and the combined loss alpha * D + (1 - alpha) * reinforce
     judge.py       the frozen semantic judge (all-MiniLM-L6-v2, cosine >= threshold; exact-match fallback)
+    samples.py     the prompts: completions of memory sentences and self-written questions, replay prompts
+    rollout.py     batched sampling (no grad, KV cache) and the logits that predict y (LM head at y only)
+    teacher.py     the teacher pass once per sample (top-k), memory-prefix keys/values, the disk cache
+    consolidate.py the night's loop (`seed.method: ks`): context sender -> one new expert
+    senders.py     the fast-MLP-level sender and its online test-time updater
 
 Sign convention: every function returns a quantity to MINIMISE; `combined_ks_objective` is -L_KS of the paper.
 """

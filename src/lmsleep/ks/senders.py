@@ -34,6 +34,7 @@ import torch
 from torch.nn import functional as F
 
 from lmsleep.ks.divergence import generalized_distillation_loss, teacher_topk_logprobs
+from lmsleep.ks.rollout import pad_rows
 
 
 def _device(cms) -> torch.device:
@@ -137,13 +138,8 @@ def _batches(prompts: Sequence[Sequence[int]], batch_size: int, device) -> list[
     """Right-padded (ids, attention mask, loss mask) batches; loss mask [b, L-1] marks real next-token targets."""
     out = []
     for start in range(0, len(prompts), batch_size):
-        rows = [list(map(int, p)) for p in prompts[start : start + batch_size]]
-        width = max(len(r) for r in rows)
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        attn = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)], attn[i, : len(r)] = torch.tensor(r), 1
-        out.append((ids.to(device), attn.to(device), attn[:, 1:].to(device)))
+        ids, attn = pad_rows(prompts[start : start + batch_size], 0, False, device)
+        out.append((ids, attn, attn[:, 1:]))
     return out
 
 

@@ -3,8 +3,8 @@
     lmsleep evaluate --night <id>
 
 Reads tonight's accepted memories (data/nights/<id>/accepted.jsonl) and the challenger lineage
-(models/nights/<id>/lineage.json, whose "parent" is the champion it started from). Both models, one after the other,
-answer held-out probes greedily:
+(models/nights/<id>/dream/lineage.json once the dream stage ran, else seed's models/nights/<id>/lineage.json; its
+"parent" is the champion it started from). Both models, one after the other, answer held-out probes greedily:
 
 - acquisition: tonight's probes WITHOUT the memory in context (what sleep is meant to raise);
 - in-context:  tonight's probes WITH the memory in context (before model = the ceiling consolidation aims for);
@@ -181,7 +181,7 @@ def run(params: Params, ws: Workspace) -> dict[str, Any]:
     """Measure champion (before) and challenger (after), write reports/<night>/, return the eval.json summary."""
     cfg, night = params.evaluate, params.night.id
     accepted = ws.night_data(night) / "accepted.jsonl"
-    lineage_path = ws.night_model(night) / "lineage.json"
+    lineage_path = ws.challenger_lineage(night)  # the dream stage's once it ran, else seed's
     for path in (accepted, lineage_path):
         if not path.exists():
             raise NightStopped(f"evaluate: {path} not found; run the earlier stages for night {night} first")

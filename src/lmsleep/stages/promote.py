@@ -56,7 +56,7 @@ def decide(evaluation: dict[str, Any], cfg: PromoteConfig) -> dict[str, Any]:
 def run(params: Params, ws: Workspace) -> dict[str, Any]:
     night = params.night.id
     report_dir = ws.night_report(night)
-    eval_path, lineage_path = report_dir / "eval.json", ws.night_model(night) / "lineage.json"
+    eval_path, lineage_path = report_dir / "eval.json", ws.challenger_lineage(night)
     for path in (eval_path, lineage_path):
         if not path.exists():
             raise NightStopped(f"{path} is missing: run seed and evaluate first")

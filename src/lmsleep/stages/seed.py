@@ -13,6 +13,7 @@ to `train_texts.jsonl` next to the adapter so anyone (and the probe-leak test) c
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -152,18 +153,32 @@ def replay_prompts(ws: Workspace, nights: list[str], count: int, seed: int) -> l
     return rng.sample(candidates, min(count, len(candidates)))
 
 
+def teacher_cache_dir(ws: Workspace, night: str) -> Path:
+    """The KS teacher cache of a night (a DVC `persist` output of the stage: created even when unused)."""
+    return ws.night_data(night) / "teacher_cache"
+
+
 def _consolidate_ks(ws, params, parent, memories, model, tokenizer) -> dict[str, Any]:
     from lmsleep.cms import export_peft_adapter
     from lmsleep.ks.consolidate import consolidate_memories
+    from lmsleep.ks.samples import read_anchor_prompts
 
     night, out_dir = params.night.id, ws.night_model(params.night.id)
     replay = replay_prompts(ws, parent["nights"], params.seed.ks_replay_prompts, params.seed.seed)
-    cms, losses, stats = consolidate_memories(model, tokenizer, memories, params.seed, replay=replay)
+    cache = teacher_cache_dir(ws, night) if params.seed.ks_teacher_cache else None
+    teacher_id = json.dumps({k: parent[k] for k in ("base", "adapters", "nights")} |
+                            {"dtype": params.prepare_model.dtype}, sort_keys=True)  # names the teacher's weights
+    cfg = params.seed
+    anchors = read_anchor_prompts(ws.resolve(cfg.ks_anchor_file) if cfg.ks_anchor_file else "",
+                                  cfg.ks_anchor_prompts, cfg.seed)
+    cms, losses, stats = consolidate_memories(model, tokenizer, memories, cfg, replay=replay, teacher_cache=cache,
+                                              teacher_id=teacher_id, anchors=anchors)
     write_jsonl(out_dir / "train_texts.jsonl", stats.pop("train_texts"))
     export_peft_adapter(cms, out_dir / "adapter")
     summary = {"night": night, "method": "ks", "memories": len(memories), "steps": len(losses), "processes": 1,
                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-               "prompts": stats["prompts"], "teacher_samples": stats["teacher_samples"], "seconds": stats["seconds"]}
+               "prompts": stats["prompts"], "teacher_samples": stats["teacher_samples"],
+               "teacher_cache": stats["teacher_cache"], "seconds": stats["seconds"]}
     return _write_outputs(ws, params, parent, losses, summary, extra={"ks": stats})
 
 
@@ -188,6 +203,7 @@ def run(params: Params, ws: Workspace) -> dict[str, Any]:
     if not accepted.exists():
         raise NightStopped(f"{accepted} is missing: run collect and validate first")
     memories = read_jsonl(accepted)
+    teacher_cache_dir(ws, params.night.id).mkdir(parents=True, exist_ok=True)
     if not memories:
         raise NightStopped(f"{accepted} holds no accepted memories")
     if params.seed.accelerate_config and params.seed.method == "ks":

@@ -1,0 +1,322 @@
+"""The benchmark harness: seeds x methods x tasks in one process, graded exactly as the evaluate stage grades.
+
+    lmsleep bench quality --seeds 3                        # make bench-quality
+    lmsleep bench squad --seeds 3 --limit 20 --methods base,icl,sft,sleep_ks
+    lmsleep bench squad --seeds 1 --limit 2 --model tiny --set seed.ks_steps=2
+
+A benchmark (one small module per benchmark, behind `Benchmark`) loads tasks: named groups of memories whose probes
+are held out. For every seed and method, each chain of tasks starts from a freshly loaded base model; a chain is one
+task (independent nights) or, for a `sequential` benchmark, every task in order (night after night, the model
+carried over, every task's probes asked after every night: the accuracy matrix R). Answers come from
+`lmsleep.generation.generate_answers` with `lmsleep.prompts.question_messages` and are graded by
+`lmsleep.grading.grade`, as in `lmsleep.stages.evaluate`; perplexity is the evaluate stage's, on its reference text.
+
+Methods that train nothing (base, icl) are deterministic (greedy decoding): they run for the first seed only and
+their records are reused for the others (marked `reused_from_seed`).
+
+Outputs in --out (default bench/results), stem = the benchmark's result name:
+  <stem>.json               settings, per-(seed, method, task) scores and training steps, aggregates per group
+                            (mean and 95% interval over seeds; see lmsleep.bench.metrics), retention for sequential
+                            runs, the benchmark's headline
+  <stem>.md, <stem>*.png    a Markdown table and plots (lmsleep.bench.report)
+  <stem>_answers.jsonl      every probe's prediction and grade; <stem>_train_texts.jsonl: everything trained on
+and a W&B run (offline by default: tracking.wandb_mode) with the same numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import importlib
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmsleep.bench import metrics
+from lmsleep.bench.methods import History, Method, resolve_methods
+from lmsleep.config import Params, Workspace
+from lmsleep.generation import generate_answers, perplexity
+from lmsleep.grading import grade, mean_ci95
+from lmsleep.memory import probes_of, write_json, write_jsonl
+from lmsleep.models import count_parameters, ensure_base_model, load_base
+from lmsleep.prompts import question_messages
+from lmsleep.stages.evaluate import probe_rows, read_reference
+
+REPO = Path(__file__).resolve().parents[3]
+BENCHMARKS = {"quality": "lmsleep.bench.quality", "squad": "lmsleep.bench.squad"}  # name -> module with BENCHMARK
+
+
+@dataclass
+class Task:
+    name: str  # unique within the benchmark; also the "night" of its probe rows
+    group: str  # results are aggregated per group (e.g. "demo", "squad20", "single", "multi-5")
+    memories: list[dict[str, Any]]
+
+
+class Benchmark:
+    """The common interface. A module sets BENCHMARK = a subclass instance (its __init__ takes the CLI --option's)."""
+
+    name = ""
+    result_name = ""  # file stem of the outputs; "" = name
+    sequential = False
+    default_methods: tuple[str, ...] = ("base", "icl", "sft", "sleep_ks")
+
+    def load(self, limit: int | None) -> list[Task]:
+        raise NotImplementedError
+
+    def icl_context(self, row: dict[str, Any], seen: list[str]) -> str | None:
+        """The text in context when `icl` is asked a probe: its own memory once its task has been seen, else none."""
+        return row["context"] if row["night"] in seen else None
+
+    def headline(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The benchmark's own summary of result["aggregate"] (e.g. issue 3's gap closed), stored as "headline"."""
+        return {}
+
+    def headline_markdown(self, headline: dict[str, Any]) -> list[str]:
+        return []
+
+    @property
+    def stem(self) -> str:
+        return self.result_name or self.name
+
+
+def get_benchmark(name: str, **options: Any) -> Benchmark:
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark '{name}'; known: {', '.join(BENCHMARKS)}")
+    cls = type(importlib.import_module(BENCHMARKS[name]).BENCHMARK)
+    try:
+        return cls(**options)
+    except TypeError as error:  # an --option the benchmark does not take
+        raise ValueError(f"benchmark '{name}': bad --option {sorted(options)}: {error}") from None
+
+
+# ---------------------------------------------------------------- one chain of tasks, one method, one seed
+
+
+def _answer(bench: Benchmark, method: Method, model, tokenizer, rows, seen, params: Params, label: str):
+    cfg = params.evaluate
+    contexts = [bench.icl_context(r, seen) if method.in_context else None for r in rows]
+    messages = [question_messages(r["question"], c) for r, c in zip(rows, contexts)]
+    predictions = generate_answers(model, tokenizer, messages, cfg.max_new_tokens, cfg.batch_size, desc=label)
+    return [{"task": r["night"], "memory_id": r["memory_id"], "question": r["question"], "answer": r["answer"],
+             "in_context": c is not None, "prediction": p, **grade(p, r["answer"], cfg.f1_threshold)}
+            for r, c, p in zip(rows, contexts, predictions)]
+
+
+def run_chain(bench: Benchmark, method: Method, chain: list[Task], seed: int, params: Params, model_dir: Path,
+              reference: str, records: dict[str, list]) -> None:
+    """Fresh model; for each task: consolidate (if the method trains), answer every probe of the chain, perplexity."""
+    cfg = dataclasses.replace(params.seed, seed=seed)
+    model, tokenizer = load_base(model_dir, params.prepare_model.dtype)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    rows = [row for task in chain for row in probe_rows(task.name, task.memories, task.group)]
+    with tempfile.TemporaryDirectory(prefix="lmsleep-bench-") as tmp:
+        history = History(workspace=Workspace(Path(tmp)), dream=dataclasses.replace(params.dream, seed=seed))
+        for step, task in enumerate(chain):
+            trained: dict[str, Any] = {}
+            if method.trains:
+                done = method.consolidate(model, tokenizer, task.memories, cfg, history)
+                model = done.model
+                write_jsonl(history.workspace.night_model(task.name) / "train_texts.jsonl", done.train_texts)
+                records["train_texts"] += [{"seed": seed, "method": method.name, "task": task.name, **t}
+                                           for t in done.train_texts]
+                trained = {"steps": len(done.losses), "loss_first": done.losses[0] if done.losses else None,
+                           "loss_last": done.losses[-1] if done.losses else None, "seconds": done.seconds,
+                           "train_texts": len(done.train_texts), **done.stats}
+            history.nights.append(task.name)
+            history.memories += task.memories
+            label = f"seed {seed} {method.name} after {task.name}"
+            answers = _answer(bench, method, model, tokenizer, rows, history.nights, params, label)
+            ppl = perplexity(model, tokenizer, reference, params.evaluate.max_reference_tokens)
+            base = {"seed": seed, "method": method.name, "after": task.name, "step": step}
+            records["steps"].append(base | {"task": task.name, "group": task.group, "perplexity": ppl, **trained})
+            records["answers"] += [base | a for a in answers]
+            for scored in chain:
+                mine = [a for a in answers if a["task"] == scored.name]
+                records["scores"].append(base | {
+                    "task": scored.name, "group": scored.group, "probes": len(mine),
+                    "correct": sum(a["correct"] for a in mine),
+                    "accuracy": sum(a["correct"] for a in mine) / len(mine) if mine else None,
+                    "f1": sum(a["f1"] for a in mine) / len(mine) if mine else None})
+            print(f"bench: {label}: " + ", ".join(f"{s['task']} {s['accuracy']:.0%}" for s in records["scores"][
+                -len(chain):] if s["accuracy"] is not None) + f", perplexity {ppl:.2f}")
+    del model, tokenizer
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------- the whole run
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int | None = None,
+        methods: list[str] | None = None, out_dir: str | Path = "bench/results",
+        command: str | None = None) -> dict[str, Any]:
+    """Run every seed x method x chain, write the outputs, return the result dict (what <stem>.json holds)."""
+    from lmsleep.bench import report
+    from lmsleep.tracking import stage_run
+
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    chosen = resolve_methods(list(methods or bench.default_methods))
+    tasks = bench.load(limit)
+    if not tasks or not any(probes_of(m) for t in tasks for m in t.memories):
+        raise ValueError(f"benchmark {bench.name}: no tasks with probes (limit {limit})")
+    model_dir = ensure_base_model(ws, params.prepare_model)
+    reference = read_reference(ws, params.evaluate)
+    chains = [tasks] if bench.sequential else [[t] for t in tasks]
+    started = time.perf_counter()
+
+    model, tokenizer = load_base(model_dir, params.prepare_model.dtype)
+    total, _ = count_parameters(model)
+    base_ppl = perplexity(model, tokenizer, reference, params.evaluate.max_reference_tokens)
+    del model, tokenizer
+    probes = {t.name: sum(len(probes_of(m)) for m in t.memories) for t in tasks}
+    print(f"bench {bench.name}: {len(tasks)} task(s), {sum(len(t.memories) for t in tasks)} memories, "
+          f"{sum(probes.values())} probes, {'sequential' if bench.sequential else 'independent'} nights; methods "
+          f"{[m.name for m in chosen]}; seeds {list(range(seeds))}; model {params.prepare_model.name} "
+          f"({total / 1e6:.1f}M parameters, reference perplexity {base_ppl:.2f}) on "
+          f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
+
+    records: dict[str, list] = {"steps": [], "scores": [], "answers": [], "train_texts": []}
+    for seed in range(seeds):
+        for method in chosen:
+            if not method.trains and seed > 0:  # deterministic: seed 0's records stand for every seed
+                for kind in ("steps", "scores", "answers"):
+                    records[kind] += [r | {"seed": seed, "reused_from_seed": 0} for r in records[kind]
+                                      if r["seed"] == 0 and r["method"] == method.name]
+                continue
+            for chain in chains:
+                run_chain(bench, method, chain, seed, params, model_dir, reference, records)
+
+    result: dict[str, Any] = {
+        "benchmark": bench.name, "options": dict(vars(bench)), "command": command, "git_commit": _git_commit(),
+        "model": params.prepare_model.name, "parameters": total, "seeds": list(range(seeds)), "limit": limit,
+        "methods": [m.name for m in chosen], "sequential": bench.sequential,
+        "tasks": [{"name": t.name, "group": t.group, "memories": len(t.memories), "probes": probes[t.name]}
+                  for t in tasks],
+        "seed_config": params.to_dict()["seed"], "evaluate_config": params.to_dict()["evaluate"],
+        "reference_perplexity_base": base_ppl, "wall_s": None,
+        "aggregate": aggregate(tasks, chosen, seeds, records, base_ppl, bench.sequential),
+        "retention": retention(tasks, chosen, seeds, records, base_ppl) if bench.sequential else None,
+        "scores": records["scores"], "steps": records["steps"],
+    }
+    result["headline"] = bench.headline(result)
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+
+    out = Path(ws.resolve(str(out_dir)))
+    stem = bench.stem
+    write_jsonl(out / f"{stem}_answers.jsonl", records["answers"])
+    write_jsonl(out / f"{stem}_train_texts.jsonl", records["train_texts"])
+    write_json(out / f"{stem}.json", result)  # before the plots: a plotting failure must not lose the numbers
+    result["plots"] = report.write_plots(result, out, stem)
+    (out / f"{stem}.md").write_text(report.markdown(result, stem, bench.headline_markdown(result["headline"])),
+                                    encoding="utf-8")
+    write_json(out / f"{stem}.json", result)
+
+    tracked = copy.deepcopy(params)
+    tracked.night.id = f"bench-{stem}"
+    with stage_run(tracked, ws, "bench") as tracker:
+        for step in records["steps"]:
+            tracker.log({f"{step['method']}/{step['task']}/perplexity": step["perplexity"]})
+        tracker.summary(report.flat_summary(result))
+        tracker.artifact(f"bench-{stem}", "bench", [out / f"{stem}{suffix}" for suffix in (".json", ".md")]
+                         + [out / p for p in result["plots"]])
+    print(f"bench {bench.name}: {result['wall_s']} s; wrote {out / (stem + '.json')}, {stem}.md, "
+          f"{', '.join(result['plots'])}")
+    return result
+
+
+# ---------------------------------------------------------------- aggregation
+
+
+def _final_scores(records, tasks: list[Task], sequential: bool) -> list[dict]:
+    """Scores of the model after its chain's last night: after == task (independent) or the last task."""
+    last = tasks[-1].name
+    return [s for s in records["scores"] if s["after"] == (last if sequential else s["task"])]
+
+
+def aggregate(tasks: list[Task], methods: list[Method], seeds: int, records, base_ppl: float,
+              sequential: bool) -> dict[str, dict[str, Any]]:
+    """Per group, per method: accuracy, F1, perplexity and its drift, gain over base, gap closed (seeds -> interval)."""
+    final = _final_scores(records, tasks, sequential)
+    groups = list(dict.fromkeys(t.group for t in tasks))
+    out: dict[str, dict[str, Any]] = {}
+    for group in groups:
+        names = {t.name for t in tasks if t.group == group}
+        per: dict[str, dict[str, list]] = {}
+        for method in methods:
+            acc, f1, ppl = [], [], []
+            for seed in range(seeds):
+                mine = [s for s in final if s["seed"] == seed and s["method"] == method.name and s["task"] in names]
+                n = sum(s["probes"] for s in mine)
+                acc.append(sum(s["correct"] for s in mine) / n if n else None)
+                f1.append(sum(s["f1"] * s["probes"] for s in mine) / n if n else None)
+                steps = [s["perplexity"] for s in records["steps"] if s["seed"] == seed and s["method"] == method.name
+                         and s["task"] in names and (not sequential or s["after"] == tasks[-1].name)]
+                ppl.append(sum(steps) / len(steps) if steps else None)
+            per[method.name] = {"accuracy": acc, "f1": f1, "perplexity": ppl}
+        out[group] = {}
+        for method in methods:
+            values = per[method.name]
+            outcomes = [a["correct"] for a in records["answers"] if a["seed"] == 0 and a["method"] == method.name
+                        and a["task"] in names and a["after"] == (tasks[-1].name if sequential else a["task"])]
+            entry = {"accuracy": metrics.seed_interval(values["accuracy"], outcomes),
+                     # probe-sampling uncertainty, which seeds do not show (base and icl are the same every seed)
+                     "accuracy_ci95_probes_seed0": list(mean_ci95(outcomes, proportion=True)[1:]) if outcomes else None,
+                     "f1": metrics.seed_interval(values["f1"]),
+                     "perplexity": metrics.seed_interval(values["perplexity"]),
+                     "perplexity_drift": metrics.seed_interval(
+                         [None if p is None else p / base_ppl - 1 for p in values["perplexity"]]),
+                     "probes": sum(s["probes"] for s in final if s["seed"] == 0 and s["method"] == method.name
+                                   and s["task"] in names)}
+            if "base" in per:
+                entry["gain_over_base"] = metrics.seed_interval(
+                    [None if a is None or b is None else a - b
+                     for a, b in zip(values["accuracy"], per["base"]["accuracy"])])
+            out[group][method.name] = entry
+        for entry in out[group].values():
+            base, icl = out[group].get("base"), out[group].get("icl")
+            entry["gap_closed"] = metrics.gap_closed(entry["accuracy"]["mean"],
+                                                     base and base["accuracy"]["mean"], icl and icl["accuracy"]["mean"])
+    return out
+
+
+def retention(tasks: list[Task], methods: list[Method], seeds: int, records, base_ppl: float) -> dict[str, Any]:
+    """Sequential runs: per method, R per seed, its mean, ACC/BWT/FWT/forgetting and perplexity drift over seeds."""
+    names = [t.name for t in tasks]
+
+    def matrix(method: str, seed: int) -> list[list[float]]:
+        cell = {(s["after"], s["task"]): s["accuracy"] for s in records["scores"]
+                if s["method"] == method and s["seed"] == seed}
+        return [[cell.get((a, b)) or 0.0 for b in names] for a in names]
+
+    out: dict[str, Any] = {}
+    for method in methods:
+        per_seed = [matrix(method.name, seed) for seed in range(seeds)]
+        baselines = [matrix("base", seed)[0] if any(m.name == "base" for m in methods) else None
+                     for seed in range(seeds)]
+        scored = [metrics.retention_metrics(R, b) for R, b in zip(per_seed, baselines)]
+        drift = [s["perplexity"] / base_ppl - 1 for s in records["steps"]
+                 if s["method"] == method.name and s["after"] == names[-1]]
+        out[method.name] = {
+            "R_per_seed": per_seed,
+            "R_mean": [[sum(R[i][j] for R in per_seed) / seeds for j in range(len(names))] for i in range(len(names))],
+            **{key: metrics.seed_interval([s[key] for s in scored]) for key in ("acc", "bwt", "fwt", "forgetting")},
+            "perplexity_drift": metrics.seed_interval(drift),
+        }
+    return {"tasks": names, "methods": out}

@@ -1,0 +1,205 @@
+"""The methods a benchmark compares, by name: each turns (model, a night's memories) into a model that answers probes.
+
+    lmsleep bench quality --seeds 1 --limit 2 --methods base,icl,sft,sleep_ks
+
+Every trained method calls the project's own consolidators, so a benchmark measures exactly what a night runs:
+
+    base                       no sleep: the model as it is, no memory in context
+    icl                        no sleep, the memory in context when the probe is asked (the ceiling while it lasts)
+    sft                        lmsleep.stages.seed.train_sft_adapter: LoRA on the memory texts (seed.method=sft)
+    sft_replay                 sft with earlier tasks' memory texts mixed in, 1:1 (= sft on a single night)
+    context_distill_offpolicy  KS consolidator with ks_lambda=0, ks_divergence=forward_kl, ks_alpha=1: teacher
+                               samples only, no on-policy turns, no LTI (classic off-policy context distillation)
+    sleep_ks                   lmsleep.ks.consolidate.consolidate_memories with the params' seed section (ks_*)
+
+    sleep_ks_dream             sleep_ks, then lmsleep.dream.dream_and_rehearse (the dream stage's own code) on tonight's
+                               expert; ablations -random_expert, -grad_selection, -rest_em (dream.* switches);
+                               the -dream ablation is sleep_ks itself
+
+Not implemented yet, so not in the registry (asking for them is an error, never a stand-in): `opsd` (on-policy reverse
+KL into a LoRA on the existing weights needs its own training loop; the KS loop only trains a new CMS expert),
+`seal_like`, and the KS ablations -lti, -semantic_reward, -expansion.
+
+A trained method returns its model folded into plain weights (LoRA merged, the new expert's delta added), which is
+what `load_lineage` gives the evaluate stage after a real night, and what the next task of a sequential run builds on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lmsleep.config import SeedConfig, Workspace
+
+
+@dataclass
+class History:
+    """What the earlier tasks of a sequential run left behind (empty for a single night).
+
+    `workspace` holds models/nights/<task>/train_texts.jsonl of each earlier task, the layout the seed stage's
+    replay reads (lmsleep.stages.seed.replay_prompts)."""
+
+    nights: list[str] = field(default_factory=list)
+    memories: list[dict[str, Any]] = field(default_factory=list)
+    workspace: Workspace | None = None
+    dream: Any = None  # the params' DreamConfig (seeded like the run) for the dreaming methods
+    writer: Any = None  # the dream writer (ReST-EM) as the last night left it
+
+
+@dataclass
+class Consolidated:
+    model: Any  # a plain HF causal LM (adapters folded in)
+    train_texts: list[dict[str, Any]]  # everything trained on: the probe-leak audit reads this
+    losses: list[float]
+    seconds: float
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    help: str
+    consolidate: Callable[..., Consolidated] | None = None  # None: nothing is trained (deterministic, greedy)
+    in_context: bool = False  # probes are asked with the memory in context
+
+    @property
+    def trains(self) -> bool:
+        return self.consolidate is not None
+
+
+# ---------------------------------------------------------------- SFT
+
+
+def _sft(model, tokenizer, texts: list[str], examples: list[dict], cfg: SeedConfig) -> Consolidated:
+    from lmsleep.stages.seed import train_sft_adapter
+
+    started = time.perf_counter()
+    peft_model, losses, _, _ = train_sft_adapter(model, tokenizer, texts, cfg)
+    return Consolidated(peft_model.merge_and_unload().eval(), examples, losses,
+                        round(time.perf_counter() - started, 1))
+
+
+def consolidate_sft(model, tokenizer, memories, cfg: SeedConfig, history: History) -> Consolidated:
+    from lmsleep.stages.seed import training_examples
+
+    examples = training_examples(memories)
+    return _sft(model, tokenizer, [e["text"] for e in examples], examples, cfg)
+
+
+def consolidate_sft_replay(model, tokenizer, memories, cfg: SeedConfig, history: History) -> Consolidated:
+    """SFT on tonight's texts plus as many earlier texts (seeded sample): replay against forgetting."""
+    from lmsleep.stages.seed import training_examples
+
+    examples = training_examples(memories)
+    earlier = training_examples(history.memories)
+    rng = random.Random(f"sft-replay-{cfg.seed}")
+    replayed = [e | {"source": "replay"} for e in rng.sample(earlier, min(len(examples), len(earlier)))]
+    return _sft(model, tokenizer, [e["text"] for e in examples + replayed], examples + replayed, cfg)
+
+
+# ---------------------------------------------------------------- Knowledge Seeding
+
+
+def fold_cms(cms) -> Any:
+    """The CMS's active experts added into the base weights (W += B A scaling, as export_merged does); hooks removed."""
+    from lmsleep.cms import merged_deltas
+
+    deltas = merged_deltas(cms)
+    base = cms.unwrap()
+    modules = dict(base.named_modules())
+    with torch.no_grad():
+        for name, (a, b, conv) in deltas.items():
+            weight = modules[name].weight
+            delta = (b @ a).to(weight.device)
+            weight += (delta.T if conv else delta).to(weight.dtype)
+    return base.eval()
+
+
+def consolidate_ks(model, tokenizer, memories, cfg: SeedConfig, history: History) -> Consolidated:
+    from lmsleep.ks.consolidate import consolidate_memories
+    from lmsleep.ks.samples import read_anchor_prompts
+    from lmsleep.stages.seed import replay_prompts
+
+    replay = []
+    if history.nights and history.workspace is not None:
+        replay = replay_prompts(history.workspace, history.nights, cfg.ks_replay_prompts, cfg.seed)
+    anchors = read_anchor_prompts(cfg.ks_anchor_file, cfg.ks_anchor_prompts, cfg.seed)
+    started = time.perf_counter()
+    cms, losses, stats = consolidate_memories(model, tokenizer, memories, cfg, replay=replay, anchors=anchors)
+    train_texts = stats.pop("train_texts")
+    keep = {k: stats[k] for k in ("prompts", "replay_prompts", "teacher_samples") if k in stats}
+    return Consolidated(fold_cms(cms), train_texts, losses, round(time.perf_counter() - started, 1), keep)
+
+
+def consolidate_offpolicy_distill(model, tokenizer, memories, cfg: SeedConfig, history: History) -> Consolidated:
+    cfg = dataclasses.replace(cfg, ks_lambda=0.0, ks_divergence="forward_kl", ks_alpha=1.0)
+    return consolidate_ks(model, tokenizer, memories, cfg, history)
+
+
+def consolidate_ks_dream(model, tokenizer, memories, cfg: SeedConfig, history: History,
+                         **switches: bool) -> Consolidated:
+    """sleep_ks, then the dream stage's own dream_and_rehearse on tonight's expert (`switches`: the ablations)."""
+    from lmsleep.config import DreamConfig
+    from lmsleep.dream import dream_and_rehearse
+    from lmsleep.ks.consolidate import consolidate_memories
+    from lmsleep.ks.samples import read_anchor_prompts
+    from lmsleep.stages.seed import replay_prompts
+
+    dream_cfg = dataclasses.replace(history.dream or DreamConfig(), enabled=True, **switches)
+    replay = []
+    if history.nights and history.workspace is not None:
+        replay = replay_prompts(history.workspace, history.nights, cfg.ks_replay_prompts, cfg.seed)
+    anchors = read_anchor_prompts(cfg.ks_anchor_file, cfg.ks_anchor_prompts, cfg.seed)
+    started = time.perf_counter()
+    cms, losses, stats = consolidate_memories(model, tokenizer, memories, cfg, replay=replay, anchors=anchors)
+    dreamt = dream_and_rehearse(cms, tokenizer, memories, cfg, dream_cfg, expert_index=stats["expert_index"],
+                                writer=history.writer)
+    history.writer = dreamt.writer
+    keep = {k: dreamt.stats[k] for k in ("made", "kept", "tested", "rewarded", "used") if k in dreamt.stats}
+    return Consolidated(fold_cms(dreamt.cms), stats["train_texts"] + dreamt.audit,
+                        losses + dreamt.rehearsal_losses, round(time.perf_counter() - started, 1),
+                        {"prompts": stats["prompts"], "dream_seconds": dreamt.stats.get("seconds"), **keep})
+
+
+def _ablation(**switches: bool):
+    return lambda *args: consolidate_ks_dream(*args, **switches)
+
+
+# ---------------------------------------------------------------- the registry
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("base", "no sleep, no memory in context"),
+    Method("icl", "no sleep, memory in context (the ceiling while the context lasts)", in_context=True),
+    Method("sft", "LoRA fine-tuning on the memory texts (seed.method=sft)", consolidate_sft),
+    Method("sft_replay", "sft plus earlier tasks' memory texts, 1:1", consolidate_sft_replay),
+    Method("context_distill_offpolicy", "KS loop, teacher samples only, forward KL, no LTI",
+           consolidate_offpolicy_distill),
+    Method("sleep_ks", "Knowledge Seeding into one new expert (seed.method=ks); also the -dream ablation",
+           consolidate_ks),
+    Method("sleep_ks_dream", "sleep_ks, then dreaming (lmsleep.dream) rehearses tonight's expert",
+           consolidate_ks_dream),
+    Method("sleep_ks_dream-random_expert", "sleep_ks_dream without the random novelty expert",
+           _ablation(random_expert=False)),
+    Method("sleep_ks_dream-grad_selection", "sleep_ks_dream keeping random dreams, not gradient-selected ones",
+           _ablation(grad_selection=False)),
+    Method("sleep_ks_dream-rest_em", "sleep_ks_dream without ReST-EM on the dream writer", _ablation(rest_em=False)),
+)}
+NOT_IMPLEMENTED = ("opsd", "seal_like", "sleep_ks-lti", "sleep_ks-semantic_reward", "sleep_ks-expansion")
+
+
+def resolve_methods(names: list[str]) -> list[Method]:
+    """Methods by name, in the order given; an unknown name is a ValueError that lists the known ones."""
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        pending = [n for n in unknown if n in NOT_IMPLEMENTED]
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}"
+                         + (f" ({', '.join(pending)}: not implemented yet)" if pending else ""))
+    if len(set(names)) != len(names):
+        raise ValueError(f"a method is listed twice: {names}")
+    return [METHODS[n] for n in names]

@@ -1,0 +1,100 @@
+"""Rehearsal (PAPER §5 step 5, our choice): the accepted dreams train tonight's expert, through the KS machinery.
+
+    losses, audit = rehearse(cms, tokenizer, dreams, memories, seed_cfg, dream_cfg, level, index)
+
+Each reward-1 dream becomes a Knowledge Seeding `Sample` (lmsleep.ks.samples): student prompt = the dream's
+question or "Continue: ..." WITHOUT the memory, teacher prompt = the same WITH the memory in context, y = the dream's
+completion. The teacher is the same network with tonight's expert masked off (as in the seed stage) and scores y
+once (`lmsleep.ks.teacher.score`, top-k as `seed.ks_teacher_topk`); then `rehearsal_steps` GKD steps
+(`generalized_distillation_loss`, `seed.ks_divergence` / `ks_beta`) on batches of `seed.batch_size`, each prompt's
+turn on-policy with probability `seed.ks_lambda` (y sampled from the student, scored once by the teacher), exactly
+the distillation step of `lmsleep.ks.consolidate`. Only tonight's expert is in the optimizer, so the rehearsed
+expert is exported as tonight's adapter in the same format the seed stage writes.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from lmsleep.dream.ledger import Dream
+from lmsleep.ks import teacher as teacher_side
+from lmsleep.ks.divergence import generalized_distillation_loss
+from lmsleep.ks.rollout import completion_logits, sample_completions
+from lmsleep.ks.samples import Sample, draw_batch, encode, messages
+from lmsleep.memory import training_text
+from lmsleep.prompts import question_messages
+
+
+def dream_samples(tokenizer, dreams: list[Dream], memories: list[dict[str, Any]]) -> list[Sample]:
+    """KS samples of dreams: student without the memory, teacher with it, y = the dream's completion."""
+    text = {str(m["id"]): training_text(m) for m in memories}
+    out = []
+    for d in dreams:
+        memory = text[d.memory_id]
+        chat = question_messages(d.instruction, memory) if d.as_question else messages(d.instruction, memory)
+        out.append(Sample(d.memory_id, f"dream:{d.kind}", list(d.student_ids), encode(tokenizer, chat),
+                          d.instruction, list(d.completion_ids), source=f"dream:{d.id}"))
+    return out
+
+
+def distill_samples(cms, tokenizer, samples: list[Sample], seed_cfg, level: str, index: int, steps: int,
+                    lr: float, seed: int = 0) -> tuple[list[float], list[Sample], list[Sample]]:
+    """GKD of expert `index` of `level` on prebuilt samples (teacher = that expert off). Returns the loss per step,
+    the samples that were in some batch, and the on-policy samples drawn (for the audit). The same step as
+    lmsleep.ks.consolidate's distillation."""
+    if not samples or steps == 0:
+        return [], [], []
+    device = next(cms.base.parameters()).device
+    pad = tokenizer.pad_token_id
+    params = cms.trainable_expert(level, index)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    rng = random.Random(f"dream-rehearsal-{seed}")
+    torch.manual_seed(seed)
+    with cms.experts_off(level, [index]):
+        teacher_side.score(cms, samples, pad, seed_cfg.batch_size, seed_cfg.ks_teacher_topk)
+    losses, order, drawn, seen = [], [], [], {}
+    try:
+        for _ in range(steps):
+            batch = draw_batch(samples, order, seed_cfg.batch_size, rng)
+            seen.update((id(s), s) for s in batch)
+            on_policy = [s for s in batch if rng.random() < seed_cfg.ks_lambda]
+            rows = [s for s in batch if s not in on_policy]
+            ys = sample_completions(cms, tokenizer, [s.student_prompt for s in on_policy], seed_cfg.ks_temperature,
+                                    seed_cfg.ks_max_new_tokens)
+            fresh = [Sample(s.memory_id, "on-policy", s.student_prompt, s.teacher_prompt, s.prompt_text, y,
+                            source=s.source) for s, y in zip(on_policy, ys)]
+            with cms.experts_off(level, [index]):
+                teacher_side.score(cms, fresh, pad, seed_cfg.batch_size, seed_cfg.ks_teacher_topk)
+            rows += fresh
+            with torch.enable_grad():
+                student = completion_logits(cms, [(s.student_prompt, s.completion) for s in rows], pad)
+                loss = generalized_distillation_loss(teacher_side.teacher_target(rows, device),
+                                                     torch.cat(student)[None], None, seed_cfg.ks_divergence,
+                                                     seed_cfg.ks_beta)
+                loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            for s in fresh:  # an on-policy y is used once: keep it for the audit, drop its teacher log-probs
+                s.teacher_logprobs = s.teacher_ids = None
+            drawn += fresh
+    finally:
+        cms.freeze_experts()
+    return losses, list(seen.values()), drawn
+
+
+def rehearse(cms, tokenizer, dreams: list[Dream], memories: list[dict[str, Any]], seed_cfg, dream_cfg, level: str,
+             index: int) -> tuple[list[float], list[dict[str, str]]]:
+    """Train tonight's expert on the reward-1 dreams (those that reached a batch are marked used). Returns (losses,
+    audit rows of every sample trained on, on-policy ones included)."""
+    accepted = [d for d in dreams if d.reward == 1]
+    samples = dream_samples(tokenizer, accepted, memories)
+    losses, seen, drawn = distill_samples(cms, tokenizer, samples, seed_cfg, level, index, dream_cfg.rehearsal_steps,
+                                          dream_cfg.rehearsal_lr, dream_cfg.seed)
+    used = {id(s) for s in seen}
+    for d, s in zip(accepted, samples):
+        d.used = id(s) in used
+    return losses, [{"use": "rehearsal", **s.audit(tokenizer)} for s in seen + drawn]

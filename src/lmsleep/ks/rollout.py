@@ -1,0 +1,116 @@
+"""Batched rollouts for Knowledge Seeding: padding, sampling completions, and the logits that predict them.
+
+    ids, mask = pad_rows([[1, 2, 3], [4]], pad_id=0, left=True, device="cpu")
+    ys = sample_completions(cms, tokenizer, prompts, temperature=0.7, max_new_tokens=32)   # no grad, KV cache
+    logits = completion_logits(cms, [(prompt, y) for prompt, y in zip(prompts, ys)], tokenizer.pad_token_id)
+
+`completion_logits` runs the decoder body over prompt + y and applies the LM head ONLY at the positions that predict
+y's tokens (len(prompt)-1 .. len(prompt)+len(y)-2). The prompt is most of every row (the teacher's prompt holds the
+whole memory), and a 49k-vocabulary head over every prompt position would be most of the activation memory of a step
+(and about a fifth of its compute on SmolLM2) for logits nobody reads.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from lmsleep.generation import stop_token_ids
+
+GENERATION_BATCH = 16  # prompts per generate call: decoding on CPU is per-token overhead, wider batches amortise it
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, left: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows as one padded batch (ids, attention mask); left padding for generation, right for scoring."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        span = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, span], mask[i, span] = torch.tensor(list(r), dtype=torch.long), 1
+    return ids.to(device), mask.to(device)
+
+
+def sample_completions(model, tokenizer, prompts: Sequence[Sequence[int]], temperature: float, max_new_tokens: int,
+                       n: int = 1) -> list[list[int]]:
+    """Sampled completions (token lists, cut after the first stop token), n per prompt; no gradient anywhere.
+    temperature 0 = greedy (n must then be 1)."""
+    from transformers import GenerationConfig
+
+    stops = stop_token_ids(model, tokenizer)
+    if temperature > 0:
+        sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+    elif n == 1:
+        sampling = dict(do_sample=False)
+    else:
+        raise ValueError("greedy decoding (temperature 0) gives one completion per prompt, not n")
+    gen = GenerationConfig(**sampling, use_cache=True, max_new_tokens=max_new_tokens, num_return_sequences=n,
+                           eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    out: list[list[int]] = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), GENERATION_BATCH):
+            ids, mask = pad_rows(prompts[start : start + GENERATION_BATCH], tokenizer.pad_token_id, True, device)
+            new = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)[:, ids.shape[1] :]
+            for row in new.tolist():
+                cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+                out.append(row[:cut] or [stops[0]])
+    return out
+
+
+def _causal_lm(model):
+    """The HF causal LM under a CMSModel (hooks stay attached: its experts act) or the model itself."""
+    return getattr(model, "base", model)
+
+
+def completion_logits(model, rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int,
+                      prefix: "PrefixKV | None" = None) -> list[torch.Tensor]:
+    """One right-padded forward over prompt + y rows; per row the logits that predict y's tokens, [len(y), vocab].
+
+    With `prefix` (a frozen model's keys and values over tokens every row's prompt starts with), the rows are run
+    after it and only their remaining tokens are computed."""
+    lm = _causal_lm(model)
+    device = next(lm.parameters()).device
+    skip = 0 if prefix is None else len(prefix.tokens)
+    if prefix is not None and any(list(p[:skip]) != prefix.tokens or len(p) <= skip for p, _ in rows):
+        raise ValueError("completion_logits: a row does not extend the cached prefix")
+    ids, mask = pad_rows([list(p[skip:]) + list(y) for p, y in rows], pad_id, False, device)
+    extra = {}
+    if prefix is not None:
+        mask = torch.cat([torch.ones((len(rows), skip), dtype=mask.dtype, device=device), mask], dim=1)
+        extra = {"cache": prefix.expanded(len(rows)), "use_cache": True}
+    hidden = lm.base_model(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
+    at_row = torch.cat([torch.full((len(y),), i, dtype=torch.long) for i, (_, y) in enumerate(rows)])
+    at_pos = torch.cat([torch.arange(len(p) - skip - 1, len(p) - skip + len(y) - 1) for p, y in rows])
+    logits = lm.get_output_embeddings()(hidden[at_row.to(device), at_pos.to(device)])
+    return list(logits.split([len(y) for _, y in rows]))
+
+
+class PrefixKV:
+    """Keys and values of a FROZEN model state over a token prefix, computed once and reused by every row that
+    starts with it: the teacher's "<system>Text: <memory>" is most of each teacher prompt of that memory, and
+    the teacher (tonight's expert off) does not change during the night, so its cache stays exact."""
+
+    def __init__(self, model, tokens: Sequence[int]):
+        lm = _causal_lm(model)
+        device = next(lm.parameters()).device
+        self.tokens = list(tokens)
+        with torch.inference_mode():
+            out = lm.base_model(input_ids=torch.tensor([self.tokens], device=device), use_cache=True)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        self.layers = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+
+    def expanded(self, batch: int):
+        from transformers import DynamicCache
+
+        return DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self.layers])
+
+
+def common_prefix(rows: Sequence[Sequence[int]]) -> list[int]:
+    """The longest token prefix every row shares, one token short of the shortest row (each row keeps a token)."""
+    shortest = min(len(r) for r in rows) - 1
+    n = 0
+    while n < shortest and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return list(rows[0][:n])

@@ -1,0 +1,195 @@
+"""The prompts Knowledge Seeding trains on, built from the memory text alone (never from probes).
+
+    samples = build_samples(cms, tokenizer, memories, cfg, rng, teacher_off=lambda: cms.experts_off(...))
+
+Every memory gives `ks_prompts_per_memory` prompts (`ks_question_share` of them questions, `ks_cloze_share` clozes,
+the rest completions), spread over its sentences so that every fact gets asked about (one question about the whole
+text tends to come back as the same question, see docs/results.md):
+  continuation  "Complete this sentence from the text: <first words of sentence i>"
+                student: alone, teacher: memory in context. (SmolLM2's teacher drifts into invention on a bare
+                "Continue: <words>" even with the memory in its context; asked to complete a sentence "from the text"
+                it mostly restates the memory.)
+  cloze         "Fill in the blank (___) with the missing words: <sentence with one fact blanked>", the fact being a
+                run of capitalised words or a number (not the first word); the teacher, reading the memory, restates
+                the sentence with the fact in place, so the student learns the fact from both sides of it
+  question      a question the teacher wrote about sentence i of the memory, sampled with the memory in context
+                ("... Write a short question whose answer is a name, place or number in this sentence"), then put
+                to both in the evaluate stage's own format (lmsleep.prompts.question_messages). A "question" without
+                a question mark, or of fewer than three words, is dropped: it teaches nothing.
+  replay        earlier nights' prompts (lmsleep.stages.seed.replay_prompts); student prompt == teacher prompt (no
+                memory): that knowledge is already in the weights and the student must keep it (retention).
+  anchor        general requests from data/anchor_prompts.txt (`ks_anchor_prompts` of them), teacher = the model as
+                it is: the expert must leave general behaviour alone (the first night has nothing to replay).
+A Sample's teacher completion y and the teacher's log-probs over y are filled in later (lmsleep.ks.teacher).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmsleep.ks.rollout import sample_completions
+from lmsleep.memory import training_text
+from lmsleep.prompts import question_messages
+
+QUESTION_TOKENS = 32  # longest self-written question
+QUESTION_TRIES = 3  # samples per asked question; the first real question wins (a 135M writer often answers instead)
+CONTINUATION = "Complete this sentence from the text: "
+CLOZE = "Fill in the blank (___) with the missing words: "
+# a fact's surface: capitalised word runs ("Mira Kovalenko", "Orrinwick Lanternmakers' Guild") and numbers ("1873", "21:30")
+_FACT = re.compile(r"\b(?:[A-Z][\w'-]*(?:\s+(?:of\s+|the\s+)?[A-Z][\w'-]*)*|\d[\d:.,]*\d|\d)")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+
+
+@dataclass(eq=False)  # identity, not field equality (fields hold tensors)
+class Sample:
+    memory_id: str
+    kind: str  # continuation | question | on-policy
+    student_prompt: list[int]
+    teacher_prompt: list[int]
+    prompt_text: str  # what the student is asked (for the audit)
+    completion: list[int]  # y ([] until the teacher has written it)
+    # the teacher's next-token log-probs over y, computed once: [len(y), k] with their vocabulary ids [len(y), k]
+    # (top-k cache), or [len(y), vocab] with ids None (full distribution)
+    teacher_logprobs: torch.Tensor | None = None
+    teacher_ids: torch.Tensor | None = None
+    source: str = "memory"  # "memory" (tonight) or "replay:<night>" (an earlier night's prompt, no memory in context)
+
+    @property
+    def scored(self) -> bool:
+        return self.teacher_logprobs is not None
+
+    def audit(self, tokenizer) -> dict[str, str]:
+        return {"memory_id": self.memory_id, "kind": self.kind, "source": self.source, "prompt": self.prompt_text,
+                "completion": tokenizer.decode(self.completion, skip_special_tokens=True)}
+
+
+def draw_batch(pool: list[Sample], order: list[Sample], size: int, rng: random.Random) -> list[Sample]:
+    """The next `size` samples of a shuffled pass over `pool` (`order` holds the rest of the pass and is refilled,
+    reshuffled, when it runs out): every sample comes back once per pass."""
+    batch = []
+    for _ in range(min(size, len(pool))):
+        if not order:
+            order.extend(pool)
+            rng.shuffle(order)
+        batch.append(order.pop())
+    return batch
+
+
+def sentences(text: str) -> list[str]:
+    """The memory's sentences of at least three words (the whole text if it has none)."""
+    parts = [s.strip() for s in _SENTENCE_END.split(text.strip())]
+    return [s for s in parts if len(s.split()) >= 3] or [text.strip()]
+
+
+def messages(instruction: str, memory: str | None) -> list[dict[str, str]]:
+    content = instruction if memory is None else f"Text:\n{memory.strip()}\n\n{instruction}"
+    return [{"role": "user", "content": content}]
+
+
+def encode(tokenizer, chat: list[dict[str, str]]) -> list[int]:
+    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def question_instruction(sentence: str) -> str:
+    return (f"Sentence: {sentence}\n\nWrite a short question whose answer is a name, place or number in this "
+            "sentence. Reply with the question only.")
+
+
+def clean_question(text: str) -> str | None:
+    """The first line up to its first '?', or None when that is not a question of at least three words."""
+    line = text.strip().split("\n")[0]
+    if "?" not in line:
+        return None
+    line = line[: line.index("?") + 1].strip()
+    return line if len(line.split()) >= 3 else None
+
+
+def cloze_spans(sentence: str) -> list[tuple[int, int]]:
+    """Where a fact sits in a sentence: runs of capitalised words and numbers, not the sentence's first word."""
+    return [(m.start(), m.end()) for m in _FACT.finditer(sentence) if m.start() > 0]
+
+
+def _plan(n: int, cfg) -> tuple[int, int, int]:
+    """How a memory's n prompts split into (questions, clozes, completions)."""
+    questions = round(n * cfg.ks_question_share)
+    clozes = min(n - questions, round(n * cfg.ks_cloze_share))
+    return questions, clozes, n - questions - clozes
+
+
+def build_samples(model, tokenizer, memories: list[dict[str, Any]], cfg, rng: random.Random,
+                  replay: list[dict[str, Any]] | None = None, anchors: list[str] | None = None) -> list[Sample]:
+    """Question, cloze and completion prompts per memory, plus replay and anchor prompts; completions still empty.
+
+    `model` is the TEACHER (the caller masks the new expert off): it writes the questions."""
+    samples, asks = [], []
+
+    def add(mid: str, kind: str, instruction: str, text: str) -> None:
+        samples.append(Sample(mid, kind, encode(tokenizer, messages(instruction, None)),
+                              encode(tokenizer, messages(instruction, text)), instruction, []))
+
+    for m in memories:
+        mid, text = str(m["id"]), training_text(m)
+        spread = sentences(text)
+        offset = rng.randrange(len(spread))
+        n_questions, n_clozes, n_completions = _plan(cfg.ks_prompts_per_memory, cfg)
+        asks += [(mid, text, spread[(offset + j) % len(spread)]) for j in range(n_questions)]
+        blanks = [(sentence, span) for sentence in spread for span in cloze_spans(sentence)]
+        rng.shuffle(blanks)
+        for sentence, (start, end) in blanks[:n_clozes]:
+            add(mid, "cloze", CLOZE + sentence[:start] + "___" + sentence[end:], text)
+        for j in range(n_completions):
+            words = spread[(offset + n_questions + j) % len(spread)].split()
+            k = rng.randint(min(3, len(words)), max(3, len(words) // 2))
+            add(mid, "continuation", CONTINUATION + " ".join(words[:k]), text)
+    if asks:
+        chats = [encode(tokenizer, messages(question_instruction(sentence), text)) for _, text, sentence in asks]
+        written = sample_completions(model, tokenizer, chats, cfg.ks_temperature, QUESTION_TOKENS,
+                                     n=QUESTION_TRIES)
+        for i, (mid, text, _) in enumerate(asks):
+            tries = written[i * QUESTION_TRIES : (i + 1) * QUESTION_TRIES]
+            q = next(filter(None, (clean_question(tokenizer.decode(t, skip_special_tokens=True)) for t in tries)), None)
+            if q is not None:
+                samples.append(Sample(mid, "question", encode(tokenizer, question_messages(q)),
+                                      encode(tokenizer, question_messages(q, text)), q, []))
+    return samples + replay_samples(tokenizer, replay or [])
+
+
+BUNDLED_ANCHORS = Path(__file__).with_name("anchor_prompts.txt")
+
+
+def read_anchor_prompts(path: str | Path, count: int, seed: int) -> list[str]:
+    """`count` prompts (seeded sample) of the anchor file ('' = the bundled one): one general request per line,
+    '#' lines are comments."""
+    if count <= 0:
+        return []
+    lines = [line.strip() for line in Path(path or BUNDLED_ANCHORS).read_text(encoding="utf-8").splitlines()]
+    prompts = [line for line in lines if line and not line.startswith("#")]
+    return random.Random(f"anchors-{seed}").sample(prompts, min(count, len(prompts)))
+
+
+def anchor_samples(tokenizer, prompts: list[str]) -> list[Sample]:
+    """General requests unrelated to any memory; student prompt == teacher prompt, the teacher is the model as it
+    is: the new expert is trained to leave general behaviour alone (reference perplexity, in-context reading)."""
+    out = []
+    for prompt in prompts:
+        ids = encode(tokenizer, messages(prompt, None))
+        out.append(Sample("", "anchor", ids, ids, prompt, [], source="anchor"))
+    return out
+
+
+def replay_samples(tokenizer, replay: list[dict[str, Any]]) -> list[Sample]:
+    """Earlier nights' prompts: student prompt == teacher prompt (no memory: the teacher is the model as it is)."""
+    out = []
+    for r in replay:
+        chat = question_messages(r["prompt"]) if r.get("kind") == "question" else messages(r["prompt"], None)
+        ids = encode(tokenizer, chat)
+        out.append(Sample(str(r.get("memory_id", "")), r.get("kind", "continuation"), ids, ids, r["prompt"], [],
+                          source=f"replay:{r['night']}"))
+    return out

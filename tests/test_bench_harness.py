@@ -1,0 +1,188 @@
+"""lmsleep bench: --limit'ed runs of every benchmark on the tiny model (1 seed, a couple of steps), the outputs'
+schema, the probe-leak property, a toy sequential benchmark's retention matrix, and method-name errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+from tinyworld import memory
+
+from lmsleep.bench import harness
+from lmsleep.bench.harness import Benchmark, Task
+from lmsleep.bench.quality import QualityBenchmark
+from lmsleep.bench.squad import SquadBenchmark
+from lmsleep.cli import main
+
+CANARY_Q, CANARY_A = "ZQXJ-question-canary", "VWKP-answer-canary"
+# A night in seconds on the tiny model: one SFT epoch, two KS steps on short samples.
+FAST = ["--set", "seed.epochs=1", "--set", "seed.ks_steps=2", "--set", "seed.ks_max_new_tokens=6",
+        "--set", "seed.ks_expert_rank=4", "--set", "seed.ks_prompts_per_memory=2", "--set", "seed.ks_question_share=0.5",
+        "--set", "evaluate.max_new_tokens=4"]
+# Dreaming at test size (as tinyworld.small_dream): every tested dream rewarded, so rehearsal and ReST-EM both run.
+SMALL_DREAM = [f"--set=dream.{k}={v}" for k, v in {
+    "kinds": "[continuation,qa]", "dreams_per_memory": 2, "max_new_tokens": 12, "tau_questions": 1, "tau_answers": 1,
+    "max_trials": 4, "trial_steps": 1, "writer_steps": 2, "rehearsal_steps": 2, "reward_margin": -1e9}.items()]
+
+
+@pytest.fixture(scope="module")
+def ws(make_tiny_workspace):
+    return make_tiny_workspace().ws
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """A 0.2M-parameter model gains nothing from threads, and on a busy 2-core box their spin-waits cost 20x."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def with_canaries(load):
+    """Wrap a benchmark's load so every memory also carries a canary probe that must never reach training."""
+
+    def wrapped(self, limit):
+        tasks = load(self, limit)
+        for task in tasks:
+            for i, m in enumerate(task.memories):
+                task.memories[i] = m | {"probes": m["probes"] + [
+                    {"question": f"{CANARY_Q} {m['id']}?", "answer": f"{CANARY_A} {m['id']}"}]}
+        return tasks
+
+    return wrapped
+
+
+def check_outputs(out: Path, stem: str, groups: list[str], methods: list[str]) -> dict:
+    result = json.loads((out / f"{stem}.json").read_text())
+    for key in ("benchmark", "command", "model", "seeds", "limit", "methods", "tasks", "seed_config",
+                "evaluate_config", "reference_perplexity_base", "aggregate", "scores", "steps", "headline", "plots",
+                "wall_s"):
+        assert key in result, key
+    assert result["model"] == "tiny" and result["seeds"] == [0] and result["methods"] == methods
+    assert set(result["aggregate"]) == set(groups)  # write_json sorts keys
+    for group in groups:
+        for method in methods:
+            entry = result["aggregate"][group][method]
+            assert 0.0 <= entry["accuracy"]["mean"] <= 1.0 and entry["probes"] > 0
+            assert entry["accuracy"]["ci_method"].startswith("Wilson")  # one seed: Wilson over probes
+            assert len(entry["accuracy"]["per_seed"]) == 1 and entry["perplexity"]["mean"] > 0
+            assert "gain_over_base" in entry and "gap_closed" in entry
+    markdown = (out / f"{stem}.md").read_text()
+    assert all(f"| {m} |" in markdown for m in methods)
+    assert result["plots"] and all((out / p).stat().st_size > 0 for p in result["plots"])
+    answers = [json.loads(line) for line in (out / f"{stem}_answers.jsonl").read_text().splitlines()]
+    assert {a["method"] for a in answers} == set(methods)
+    assert all(a["in_context"] == (a["method"] == "icl") for a in answers)
+    return result
+
+
+def assert_no_probe_leak(out: Path, stem: str, trained_methods: set[str]) -> None:
+    rows = [json.loads(line) for line in (out / f"{stem}_train_texts.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in rows} == trained_methods
+    questions = {json.loads(line)["question"] for line in (out / f"{stem}_answers.jsonl").read_text().splitlines()}
+    for row in rows:
+        text = " ".join(str(row.get(k, "")) for k in ("text", "prompt", "completion"))
+        assert "canary" not in text.lower(), row
+        assert not any(q in text for q in questions), row
+
+
+def test_quality_limited_run(ws, monkeypatch):
+    monkeypatch.setattr(QualityBenchmark, "load", with_canaries(QualityBenchmark.load))
+    assert main(["bench", "quality", "--seeds", "1", "--limit", "2", "--model", "tiny", "--root", str(ws.root),
+                 *FAST]) == 0
+    out = ws.root / "bench" / "results"
+    result = check_outputs(out, "seed_quality", ["demo", "squad20"], ["base", "icl", "sft", "sleep_ks"])
+    assert result["command"].startswith("lmsleep bench quality --seeds 1 --limit 2")
+    assert [t["memories"] for t in result["tasks"]] == [2, 2]
+    steps = {(s["method"], s["task"]): s for s in result["steps"]}
+    assert steps[("sft", "demo")]["steps"] == 1 and steps[("sleep_ks", "demo")]["steps"] == 2
+    for name in ("demo", "squad20"):
+        s = result["headline"]["sets"][name]
+        for role in ("before", "sft", "ks", "ceiling"):
+            assert set(s[role]) == {"mean", "ci95", "per_seed", "ci_method", "ci95_probes_seed0"}
+        assert "gap_closed_by_ks" in s and "ks_beats_sft_beyond_intervals" in s and "target_met" in s
+    assert "Issue 3" in (out / "seed_quality.md").read_text()
+    assert_no_probe_leak(out, "seed_quality", {"sft", "sleep_ks"})
+
+
+def test_squad_limited_run_single_and_multi(ws, monkeypatch):
+    monkeypatch.setattr(SquadBenchmark, "load", with_canaries(SquadBenchmark.load))
+    methods = ["base", "icl", "sft", "context_distill_offpolicy", "sleep_ks"]
+    assert main(["bench", "squad", "--seeds", "1", "--limit", "2", "--model", "tiny", "--root", str(ws.root),
+                 "--out", "bench/squad-test", *FAST]) == 0
+    out = ws.root / "bench" / "squad-test"
+    result = check_outputs(out, "squad", ["single", "multi-2"], methods)
+    assert [t["name"] for t in result["tasks"]] == ["single-squad-000", "single-squad-001", "multi2-night000"]
+    assert set(result["headline"]) == {"single", "multi-2"}
+    assert result["options"] == {"mode": "both", "passages_per_night": 0}
+    assert_no_probe_leak(out, "squad", {"sft", "context_distill_offpolicy", "sleep_ks"})
+
+
+class ToyNights(Benchmark):
+    """Two nights in sequence, two memories each: the retention path of the harness."""
+
+    name = "toy"
+    sequential = True
+
+    def load(self, limit):
+        return [Task("night-a", "nights", [memory(1), memory(2)]), Task("night-b", "nights", [memory(3), memory(4)])]
+
+
+def test_sequential_benchmark_fills_the_accuracy_matrix_and_replays(ws, tmp_path):
+    from lmsleep.config import load_params, parse_overrides
+
+    params = load_params(ws.root / "params.yaml", parse_overrides(FAST[1::2]))
+    methods = ["base", "icl", "sft_replay", "sleep_ks"]
+    result = harness.run(ToyNights(), params, ws, seeds=2, methods=methods, out_dir=tmp_path)
+    retention = result["retention"]
+    assert retention["tasks"] == ["night-a", "night-b"] and set(retention["methods"]) == set(methods)
+    for method, r in retention["methods"].items():
+        assert len(r["R_per_seed"]) == 2 and all(len(R) == 2 and len(R[0]) == 2 for R in r["R_per_seed"])
+        for key in ("acc", "bwt", "fwt", "forgetting", "perplexity_drift"):
+            assert r[key]["n_seeds"] == 2, (method, key)
+    base = retention["methods"]["base"]
+    assert base["bwt"]["mean"] == 0 and base["fwt"]["mean"] == 0 and base["perplexity_drift"]["mean"] == 0
+    assert [s["reused_from_seed"] for s in result["steps"] if s["method"] == "base" and s["seed"] == 1] == [0, 0]
+    # the second night replays the first: sft mixes in its texts, KS its prompts (what the seed stage replays)
+    steps = {(s["method"], s["seed"], s["after"]): s for s in result["steps"]}
+    assert steps[("sleep_ks", 0, "night-a")]["replay_prompts"] == 0
+    assert steps[("sleep_ks", 0, "night-b")]["replay_prompts"] > 0
+    texts = [json.loads(line) for line in (tmp_path / "toy_train_texts.jsonl").read_text().splitlines()]
+    assert any(t["method"] == "sft_replay" and t["task"] == "night-b" and t.get("source") == "replay" for t in texts)
+    assert (tmp_path / "toy_retention.png").exists() and "Retention" in (tmp_path / "toy.md").read_text()
+
+
+def test_unknown_methods_and_benchmarks_are_clear_errors(ws, capsys):
+    assert main(["bench", "quality", "--methods", "base,opsd,nope", "--root", str(ws.root), "--model", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method(s) opsd, nope" in err and "known: base, icl, sft" in err and "not implemented yet" in err
+    assert main(["bench", "nope", "--root", str(ws.root)]) == 2
+    assert "known: quality, squad" in capsys.readouterr().err
+    assert main(["bench", "squad", "--option", "mode=sideways", "--root", str(ws.root)]) == 2
+
+
+def test_quality_sets_option_picks_the_sets():
+    from lmsleep.bench.harness import get_benchmark
+
+    tasks = get_benchmark("quality", sets="demo").load(2)
+    assert [t.name for t in tasks] == ["demo"] and len(tasks[0].memories) == 2
+    with pytest.raises(ValueError, match="sets must be"):
+        get_benchmark("quality", sets="demo,nope")
+
+
+def test_quality_with_dreaming_and_an_ablation(ws, monkeypatch):
+    """sleep_ks_dream runs the dream stage's own dream_and_rehearse after KS; the ablation turns one switch off."""
+    monkeypatch.setattr(QualityBenchmark, "load", with_canaries(QualityBenchmark.load))
+    methods = ["base", "sleep_ks_dream", "sleep_ks_dream-rest_em"]
+    assert main(["bench", "quality", "--seeds", "1", "--limit", "2", "--model", "tiny", "--root", str(ws.root),
+                 "--out", "bench/dream-test", "--option", "sets=demo", "--methods", ",".join(methods),
+                 *FAST, *SMALL_DREAM]) == 0
+    out = ws.root / "bench" / "dream-test"
+    result = check_outputs(out, "seed_quality", ["demo"], methods)
+    steps = {s["method"]: s for s in result["steps"]}
+    for name in methods[1:]:
+        assert steps[name]["made"] > 0 and steps[name]["dream_seconds"] > 0
+        assert steps[name]["steps"] > 2  # KS steps plus rehearsal steps
+    assert_no_probe_leak(out, "seed_quality", set(methods[1:]))

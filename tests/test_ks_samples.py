@@ -1,0 +1,125 @@
+"""lmsleep.ks.samples: the KS prompts come from the memory's sentences, never from probes."""
+
+import random
+from types import SimpleNamespace
+
+from lmsleep.ks.samples import build_samples, clean_question, cloze_spans, sentences
+
+
+def test_sentences_split_at_sentence_ends_and_drop_fragments():
+    text = "Mira Kovalenko captains the Grey Heron. Go now. The crossing takes forty minutes! Yes."
+    assert sentences(text) == ["Mira Kovalenko captains the Grey Heron.", "The crossing takes forty minutes!"]
+    assert sentences("two words") == ["two words"]  # nothing long enough: the whole text
+
+
+def test_clean_question_keeps_a_real_question_only():
+    assert clean_question("Who captains the Grey Heron? Mira.\nMore") == "Who captains the Grey Heron?"
+    assert clean_question("The Grey Heron sails at dawn.") is None
+    assert clean_question("Why?") is None
+
+
+class FakeTokenizer:
+    def apply_chat_template(self, chat, tokenize, add_generation_prompt):
+        return "|".join(m["content"] for m in chat)
+
+    def __call__(self, text, add_special_tokens):
+        return {"input_ids": [ord(c) for c in text]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i) for i in ids)
+
+
+def test_build_samples_spreads_prompts_over_sentences_and_never_reads_probes(monkeypatch):
+    import lmsleep.ks.samples as samples
+
+    asked = []
+
+    def fake_sample(model, tokenizer, prompts, temperature, max_new_tokens, n=1):
+        asked.extend(tokenizer.decode(p) for p in prompts)
+        # per prompt: a non-question first, then a question: the first real question of the tries is kept
+        return [[ord(c) for c in ("The lamp." if i % n == 0 else "Who keeps the tower lamp?")]
+                for i in range(len(prompts) * n)]
+
+    monkeypatch.setattr(samples, "sample_completions", fake_sample)
+    text = ("Brannoc keeps the lighthouse on Thallis. He paints the tower blue every spring. "
+            "The lamp burns whale oil.")
+    memory = {"id": "m1", "text": text, "probes": [{"question": "CANARY-Q?", "answer": "CANARY-A"}]}
+    cfg = SimpleNamespace(ks_prompts_per_memory=6, ks_question_share=0.5, ks_cloze_share=0.0,
+                          ks_temperature=0.7)
+    built = build_samples(None, FakeTokenizer(), [memory], cfg, random.Random(0))
+    continuations = [s for s in built if s.kind == "continuation"]
+    questions = [s for s in built if s.kind == "question"]
+    assert len(continuations) == 3 and len(questions) == 3
+    starts = {s.prompt_text.split(": ", 1)[1].split()[0] for s in continuations}
+    assert starts == {"Brannoc", "He", "The"}  # one per sentence
+    assert all(sentence in " ".join(asked) for sentence in sentences(text))
+    for s in built:
+        seen = FakeTokenizer().decode(s.student_prompt + s.teacher_prompt) + s.prompt_text
+        assert "CANARY" not in seen
+        assert text not in FakeTokenizer().decode(s.student_prompt)  # the student never sees the memory
+        assert text in FakeTokenizer().decode(s.teacher_prompt)
+
+
+def test_teacher_completions_are_greedy_at_temperature_zero():
+    import pytest
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmsleep.ks.rollout import sample_completions
+
+    class Tok:
+        pad_token_id, eos_token_id, eos_token = 0, 1, "</s>"
+
+        def convert_tokens_to_ids(self, token):
+            return None
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=30, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, eos_token_id=1)).eval()
+    prompts = [[2, 3, 4], [5, 6]]
+    runs = [sample_completions(model, Tok(), prompts, 0.0, 6) for _ in range(2)]
+    assert runs[0] == runs[1]
+    with torch.no_grad():
+        first = model(input_ids=torch.tensor([prompts[0]])).logits[0, -1].argmax().item()
+    assert runs[0][0][0] == first
+    with pytest.raises(ValueError, match="greedy"):
+        sample_completions(model, Tok(), prompts, 0.0, 6, n=2)
+
+
+def test_cloze_blanks_a_name_or_number_never_the_first_word():
+    sentence = "Tobiah Quennell founded the Orrinwick Lanternmakers' Guild in 1873 on Pellham Row."
+    found = [sentence[a:b] for a, b in cloze_spans(sentence)]
+    assert found == ["Orrinwick Lanternmakers' Guild", "1873", "Pellham Row"]
+
+
+def test_build_samples_mixes_questions_clozes_and_completions(monkeypatch):
+    import lmsleep.ks.samples as samples
+
+    monkeypatch.setattr(samples, "sample_completions", lambda model, tok, prompts, *a, n=1, **k:
+                        [[ord(c) for c in "Who paints it?"] for _ in range(len(prompts) * n)])
+    text = "Brannoc keeps the lighthouse on Thallis. He paints the tower blue every spring in April."
+    cfg = SimpleNamespace(ks_prompts_per_memory=8, ks_question_share=0.5, ks_cloze_share=0.25, ks_temperature=0.7)
+    built = build_samples(None, FakeTokenizer(), [{"id": "m1", "text": text}], cfg, random.Random(0))
+    kinds = [s.kind for s in built]
+    assert kinds.count("question") == 4 and kinds.count("cloze") == 2 and kinds.count("continuation") == 2
+    for s in built:
+        if s.kind == "cloze":
+            blanked = s.prompt_text[len(samples.CLOZE):]
+            before, after = blanked.split("___")
+            assert before in text and after in text and before + after not in text
+
+
+def test_anchor_prompts_are_general_requests_with_the_model_as_its_own_teacher(tmp_path):
+    from lmsleep.ks.samples import BUNDLED_ANCHORS, anchor_samples, read_anchor_prompts
+
+    bundled = [line for line in BUNDLED_ANCHORS.read_text().splitlines() if line and not line.startswith("#")]
+    picked = read_anchor_prompts("", 5, seed=0)
+    assert len(picked) == 5 and set(picked) <= set(bundled) and picked == read_anchor_prompts("", 5, seed=0)
+    assert read_anchor_prompts("", 0, seed=0) == []
+    own = tmp_path / "anchors.txt"
+    own.write_text("# comment\nSay hello.\n\nName a colour.\n")
+    assert sorted(read_anchor_prompts(own, 10, seed=1)) == ["Name a colour.", "Say hello."]
+    [s] = anchor_samples(FakeTokenizer(), ["Say hello."])
+    assert s.kind == "anchor" and s.source == "anchor" and s.student_prompt == s.teacher_prompt
+    reference = (__import__("pathlib").Path(__file__).parents[1] / "data" / "reference.txt").read_text()
+    assert not any(p.rstrip("?.") in reference for p in bundled)  # never the perplexity check's text
