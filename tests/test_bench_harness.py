@@ -29,6 +29,31 @@ def ws(make_tiny_workspace):
     return make_tiny_workspace().ws
 
 
+@pytest.fixture(scope="module")
+def seal_fixture(tmp_path_factory):
+    """A small file in the SEAL eval set's format (title, context, questions), so the benchmarks' tests need no
+    ../shared/data (a fresh CI clone may not sit next to it); the real set is read the same way."""
+    root = tmp_path_factory.mktemp("shared-data")
+    records = [{"title": f"Harbour {i}", "context": f"The harbour of Varn{i} was built in 18{i}0 by Edda Moll{i}. "
+                f"Its lighthouse keeper is called Brannoc{i}.",
+                "questions": [{"question": f"Who built the harbour of Varn{i}?", "answer": f"Edda Moll{i}"},
+                              {"question": f"Who keeps the lighthouse of Varn{i}?", "answer": f"Brannoc{i}"}]}
+               for i in range(4)]
+    (root / "squad_seal").mkdir()
+    (root / "squad_seal" / "seal_eval200_base_val.json").write_text(json.dumps(records))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def shared_data(seal_fixture, monkeypatch):
+    from lmsleep.bench.squad import seal_passages
+
+    monkeypatch.setenv("LMSLEEP_SHARED_DATA", str(seal_fixture))
+    seal_passages.cache_clear()
+    yield
+    seal_passages.cache_clear()
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """A 0.2M-parameter model gains nothing from threads, and on a busy 2-core box their spin-waits cost 20x."""
