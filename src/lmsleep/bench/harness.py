@@ -25,6 +25,7 @@ and a W&B run (offline by default: tracking.wandb_mode) with the same numbers.
 
 from __future__ import annotations
 
+import abc
 import copy
 import dataclasses
 import gc
@@ -59,7 +60,7 @@ class Task:
     memories: list[dict[str, Any]]
 
 
-class Benchmark:
+class Benchmark(abc.ABC):
     """The common interface. A module sets BENCHMARK = a subclass instance (its __init__ takes the CLI --option's)."""
 
     name = ""
@@ -67,8 +68,9 @@ class Benchmark:
     sequential = False
     default_methods: tuple[str, ...] = ("base", "icl", "sft", "sleep_ks")
 
+    @abc.abstractmethod
     def load(self, limit: int | None) -> list[Task]:
-        raise NotImplementedError
+        """The benchmark's tasks (memories with probes), the first `limit` memories of each when limit is set."""
 
     def icl_context(self, row: dict[str, Any], seen: list[str]) -> str | None:
         """The text in context when `icl` is asked a probe: its own memory once its task has been seen, else none."""

@@ -121,7 +121,8 @@ def fold_cms(cms) -> Any:
     return base.eval()
 
 
-def consolidate_ks(model, tokenizer, memories, cfg: SeedConfig, history: History) -> Consolidated:
+def _ks_night(model, tokenizer, memories, cfg: SeedConfig, history: History):
+    """One KS consolidation as the seed stage runs it: with replay of the chain's earlier nights and the anchors."""
     from lmsleep.ks.consolidate import consolidate_memories
     from lmsleep.ks.samples import read_anchor_prompts
     from lmsleep.stages.seed import replay_prompts
@@ -130,8 +131,12 @@ def consolidate_ks(model, tokenizer, memories, cfg: SeedConfig, history: History
     if history.nights and history.workspace is not None:
         replay = replay_prompts(history.workspace, history.nights, cfg.ks_replay_prompts, cfg.seed)
     anchors = read_anchor_prompts(cfg.ks_anchor_file, cfg.ks_anchor_prompts, cfg.seed)
+    return consolidate_memories(model, tokenizer, memories, cfg, replay=replay, anchors=anchors)
+
+
+def consolidate_ks(model, tokenizer, memories, cfg: SeedConfig, history: History) -> Consolidated:
     started = time.perf_counter()
-    cms, losses, stats = consolidate_memories(model, tokenizer, memories, cfg, replay=replay, anchors=anchors)
+    cms, losses, stats = _ks_night(model, tokenizer, memories, cfg, history)
     train_texts = stats.pop("train_texts")
     keep = {k: stats[k] for k in ("prompts", "replay_prompts", "teacher_samples") if k in stats}
     return Consolidated(fold_cms(cms), train_texts, losses, round(time.perf_counter() - started, 1), keep)
@@ -147,17 +152,10 @@ def consolidate_ks_dream(model, tokenizer, memories, cfg: SeedConfig, history: H
     """sleep_ks, then the dream stage's own dream_and_rehearse on tonight's expert (`switches`: the ablations)."""
     from lmsleep.config import DreamConfig
     from lmsleep.dream import dream_and_rehearse
-    from lmsleep.ks.consolidate import consolidate_memories
-    from lmsleep.ks.samples import read_anchor_prompts
-    from lmsleep.stages.seed import replay_prompts
 
     dream_cfg = dataclasses.replace(history.dream or DreamConfig(), enabled=True, **switches)
-    replay = []
-    if history.nights and history.workspace is not None:
-        replay = replay_prompts(history.workspace, history.nights, cfg.ks_replay_prompts, cfg.seed)
-    anchors = read_anchor_prompts(cfg.ks_anchor_file, cfg.ks_anchor_prompts, cfg.seed)
     started = time.perf_counter()
-    cms, losses, stats = consolidate_memories(model, tokenizer, memories, cfg, replay=replay, anchors=anchors)
+    cms, losses, stats = _ks_night(model, tokenizer, memories, cfg, history)
     dreamt = dream_and_rehearse(cms, tokenizer, memories, cfg, dream_cfg, expert_index=stats["expert_index"],
                                 writer=history.writer)
     history.writer = dreamt.writer
