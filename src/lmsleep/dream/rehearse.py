@@ -21,8 +21,7 @@ import torch
 
 from lmsleep.dream.ledger import Dream
 from lmsleep.ks import teacher as teacher_side
-from lmsleep.ks.divergence import generalized_distillation_loss
-from lmsleep.ks.rollout import completion_logits, sample_completions
+from lmsleep.ks.consolidate import distillation_loss
 from lmsleep.ks.samples import Sample, draw_batch, encode, messages
 from lmsleep.memory import training_text
 from lmsleep.prompts import question_messages
@@ -44,10 +43,9 @@ def distill_samples(cms, tokenizer, samples: list[Sample], seed_cfg, level: str,
                     lr: float, seed: int = 0) -> tuple[list[float], list[Sample], list[Sample]]:
     """GKD of expert `index` of `level` on prebuilt samples (teacher = that expert off). Returns the loss per step,
     the samples that were in some batch, and the on-policy samples drawn (for the audit). The same step as
-    lmsleep.ks.consolidate's distillation."""
+    lmsleep.ks.consolidate's distillation (`distillation_loss`)."""
     if not samples or steps == 0:
         return [], [], []
-    device = next(cms.base.parameters()).device
     pad = tokenizer.pad_token_id
     params = cms.trainable_expert(level, index)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -60,26 +58,11 @@ def distill_samples(cms, tokenizer, samples: list[Sample], seed_cfg, level: str,
         for _ in range(steps):
             batch = draw_batch(samples, order, seed_cfg.batch_size, rng)
             seen.update((id(s), s) for s in batch)
-            on_policy = [s for s in batch if rng.random() < seed_cfg.ks_lambda]
-            rows = [s for s in batch if s not in on_policy]
-            ys = sample_completions(cms, tokenizer, [s.student_prompt for s in on_policy], seed_cfg.ks_temperature,
-                                    seed_cfg.ks_max_new_tokens)
-            fresh = [Sample(s.memory_id, "on-policy", s.student_prompt, s.teacher_prompt, s.prompt_text, y,
-                            source=s.source) for s, y in zip(on_policy, ys)]
-            with cms.experts_off(level, [index]):
-                teacher_side.score(cms, fresh, pad, seed_cfg.batch_size, seed_cfg.ks_teacher_topk)
-            rows += fresh
-            with torch.enable_grad():
-                student = completion_logits(cms, [(s.student_prompt, s.completion) for s in rows], pad)
-                loss = generalized_distillation_loss(teacher_side.teacher_target(rows, device),
-                                                     torch.cat(student)[None], None, seed_cfg.ks_divergence,
-                                                     seed_cfg.ks_beta)
-                loss.backward()
+            loss, fresh, _ = distillation_loss(cms, tokenizer, batch, seed_cfg, level, index, rng)
+            loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
-            for s in fresh:  # an on-policy y is used once: keep it for the audit, drop its teacher log-probs
-                s.teacher_logprobs = s.teacher_ids = None
             drawn += fresh
     finally:
         cms.freeze_experts()

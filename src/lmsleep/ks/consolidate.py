@@ -78,6 +78,34 @@ def _lti_loss(cms, tokenizer, samples: list[Sample], cfg, rng: random.Random, ju
     return reinforce_loss(logps, advantages.to(logps.device)), float(rewards.mean())
 
 
+def distillation_loss(cms, tokenizer, batch: list[Sample], cfg, level: str, index: int, rng: random.Random,
+                      prefixes=None) -> tuple[torch.Tensor, list[Sample], int]:
+    """The GKD term of one step: each sample's turn is on-policy with probability ks_lambda (y sampled from the
+    student, no grad), else it uses the teacher's own y; the teacher (expert `index` of `level` off) scores every y
+    it has not scored yet, once. Returns (loss, the fresh on-policy samples, teacher samples scored now).
+
+    Shared by the night's loop and dream rehearsal (lmsleep.dream.rehearse)."""
+    pad = tokenizer.pad_token_id
+    on_policy = [s for s in batch if rng.random() < cfg.ks_lambda]
+    rows = [s for s in batch if s not in on_policy]
+    ys = sample_completions(cms, tokenizer, [s.student_prompt for s in on_policy], cfg.ks_temperature,
+                            cfg.ks_max_new_tokens)
+    fresh = [Sample(s.memory_id, "on-policy", s.student_prompt, s.teacher_prompt, s.prompt_text, y, source=s.source)
+             for s, y in zip(on_policy, ys)]
+    with cms.experts_off(level, [index]):
+        teacher_side.write_completions(cms, tokenizer, rows, cfg)  # only rows never written (lambda = 1)
+        scored = teacher_side.score(cms, rows + fresh, pad, cfg.batch_size, cfg.ks_teacher_topk, prefixes)
+    rows += fresh
+    device = next(cms.base.parameters()).device
+    with torch.enable_grad():
+        student = completion_logits(cms, [(s.student_prompt, s.completion) for s in rows], pad)
+        loss = generalized_distillation_loss(teacher_side.teacher_target(rows, device), torch.cat(student)[None],
+                                             None, cfg.ks_divergence, cfg.ks_beta)
+    for s in fresh:  # an on-policy y is used once: keep it for the audit, drop its teacher log-probs
+        s.teacher_logprobs = s.teacher_ids = None
+    return loss, fresh, scored
+
+
 def _prepare_samples(cms, tokenizer, memories, cfg, index: int, replay, anchors, teacher_cache: Path | None,
                      teacher_id: str):  # noqa: PLR0913 - the night's inputs, passed through
     """Prompts (and, unless no off-policy turn will read them, teacher completions and log-probs) for the night.
@@ -151,23 +179,9 @@ def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg,
         batch = draw_batch(pool, order, cfg.batch_size, rng)
         distill = None
         if cfg.ks_alpha > 0.0:
-            on_policy = [s for s in batch if rng.random() < cfg.ks_lambda]
-            rows = [s for s in batch if s not in on_policy]
-            fresh = [Sample(s.memory_id, "on-policy", s.student_prompt, s.teacher_prompt, s.prompt_text, y,
-                            source=s.source)
-                     for s, y in zip(on_policy, sample_completions(cms, tokenizer, [s.student_prompt for s in on_policy],
-                                                                   cfg.ks_temperature, cfg.ks_max_new_tokens))]
-            with cms.experts_off(LEVEL, [index]):  # y from the student, scored once by the teacher
-                teacher_side.write_completions(cms, tokenizer, rows, cfg)  # only rows never written (lambda = 1)
-                teacher_samples += teacher_side.score(cms, rows + fresh, tokenizer.pad_token_id, cfg.batch_size,
-                                                      cfg.ks_teacher_topk, prefixes)
-            rows += fresh
-            student = completion_logits(cms, [(s.student_prompt, s.completion) for s in rows], tokenizer.pad_token_id)
-            distill = generalized_distillation_loss(teacher_side.teacher_target(rows, device),
-                                                    torch.cat(student)[None], None, cfg.ks_divergence, cfg.ks_beta)
+            distill, fresh, scored = distillation_loss(cms, tokenizer, batch, cfg, LEVEL, index, rng, prefixes)
+            teacher_samples += scored
             distill_losses.append(float(distill.detach()))
-            for s in fresh:  # an on-policy y is used once: keep it for the audit, drop its teacher log-probs
-                s.teacher_logprobs = s.teacher_ids = None
             on_policy_samples += fresh
         rl = None
         if cfg.ks_alpha < 1.0:
