@@ -50,7 +50,10 @@ from lmsleep.prompts import question_messages
 from lmsleep.stages.evaluate import probe_rows, read_reference
 
 REPO = Path(__file__).resolve().parents[3]
-BENCHMARKS = {"quality": "lmsleep.bench.quality", "squad": "lmsleep.bench.squad"}  # name -> module with BENCHMARK
+BENCHMARKS = {  # name -> module with BENCHMARK
+    "quality": "lmsleep.bench.quality", "squad": "lmsleep.bench.squad", "nights": "lmsleep.bench.nights",
+    "languages": "lmsleep.bench.languages", "babi": "lmsleep.bench.babi",
+}
 
 
 @dataclass
@@ -75,6 +78,25 @@ class Benchmark(abc.ABC):
     def icl_context(self, row: dict[str, Any], seen: list[str]) -> str | None:
         """The text in context when `icl` is asked a probe: its own memory once its task has been seen, else none."""
         return row["context"] if row["night"] in seen else None
+
+    def base_model(self, ws: Workspace, params: Params) -> Path | None:
+        """The model every chain starts from; None = the params' prepare_model (--model). A benchmark that needs its own
+        (e.g. a tiny model pretrained on a synthetic world) builds or finds it here."""
+        return None
+
+    def reference_text(self, ws: Workspace, params: Params) -> str | None:
+        """The fixed text perplexity drift is measured on; None = the evaluate stage's reference."""
+        return None
+
+    def grade(self, prediction: str, answer: str, params: Params) -> dict[str, Any]:
+        """{"correct": bool, "f1": float in [0, 1], ...} for one probe; default: the evaluate stage's grading."""
+        return grade(prediction, answer, params.evaluate.f1_threshold)
+
+    def run_benchmark(self, params: Params, ws: Workspace, seeds: int, limit: int | None, methods: list[str] | None,
+                      out_dir: str | Path, command: str | None) -> dict[str, Any] | None:
+        """A benchmark whose protocol is not chains of nights (e.g. bAbI's streamed windows) runs itself here and
+        returns its result; None = the harness's seeds x methods x chains (`run`)."""
+        return None
 
     def headline(self, result: dict[str, Any]) -> dict[str, Any]:
         """The benchmark's own summary of result["aggregate"] (e.g. issue 3's gap closed), stored as "headline"."""
@@ -107,7 +129,7 @@ def _answer(bench: Benchmark, method: Method, model, tokenizer, rows, seen, para
     messages = [question_messages(r["question"], c) for r, c in zip(rows, contexts)]
     predictions = generate_answers(model, tokenizer, messages, cfg.max_new_tokens, cfg.batch_size, desc=label)
     return [{"task": r["night"], "memory_id": r["memory_id"], "question": r["question"], "answer": r["answer"],
-             "in_context": c is not None, "prediction": p, **grade(p, r["answer"], cfg.f1_threshold)}
+             "in_context": c is not None, "prediction": p, **bench.grade(p, r["answer"], params)}
             for r, c, p in zip(rows, contexts, predictions)]
 
 
@@ -174,12 +196,15 @@ def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int 
 
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    custom = bench.run_benchmark(params, ws, seeds, limit, methods, out_dir, command)
+    if custom is not None:
+        return custom
     chosen = resolve_methods(list(methods or bench.default_methods))
     tasks = bench.load(limit)
     if not tasks or not any(probes_of(m) for t in tasks for m in t.memories):
         raise ValueError(f"benchmark {bench.name}: no tasks with probes (limit {limit})")
-    model_dir = ensure_base_model(ws, params.prepare_model)
-    reference = read_reference(ws, params.evaluate)
+    model_dir = bench.base_model(ws, params) or ensure_base_model(ws, params.prepare_model)
+    reference = bench.reference_text(ws, params) or read_reference(ws, params.evaluate)
     chains = [tasks] if bench.sequential else [[t] for t in tasks]
     started = time.perf_counter()
 
@@ -195,6 +220,14 @@ def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int 
           f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
 
     records: dict[str, list] = {"steps": [], "scores": [], "answers": [], "train_texts": []}
+    meta = {"benchmark": bench.name, "options": dict(vars(bench)), "command": command, "git_commit": _git_commit(),
+            "model": params.prepare_model.name, "parameters": total, "limit": limit,
+            "methods": [m.name for m in chosen], "sequential": bench.sequential,
+            "tasks": [{"name": t.name, "group": t.group, "memories": len(t.memories), "probes": probes[t.name]}
+                      for t in tasks],
+            "seed_config": params.to_dict()["seed"], "evaluate_config": params.to_dict()["evaluate"],
+            "reference_perplexity_base": base_ppl}
+    out = Path(ws.resolve(str(out_dir)))
     for seed in range(seeds):
         for method in chosen:
             if not method.trains and seed > 0:  # deterministic: seed 0's records stand for every seed
@@ -204,23 +237,12 @@ def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int 
                 continue
             for chain in chains:
                 run_chain(bench, method, chain, seed, params, model_dir, reference, records)
+        if seed + 1 < seeds:  # a long run stopped early keeps every finished seed
+            partial = _result(bench, meta, tasks, chosen, seed + 1, records, base_ppl, started)
+            write_json(out / f"{bench.stem}.partial.json", partial | {"complete": False})
+            print(f"bench {bench.name}: seeds 0..{seed} done ({partial['wall_s']} s); wrote {bench.stem}.partial.json")
 
-    result: dict[str, Any] = {
-        "benchmark": bench.name, "options": dict(vars(bench)), "command": command, "git_commit": _git_commit(),
-        "model": params.prepare_model.name, "parameters": total, "seeds": list(range(seeds)), "limit": limit,
-        "methods": [m.name for m in chosen], "sequential": bench.sequential,
-        "tasks": [{"name": t.name, "group": t.group, "memories": len(t.memories), "probes": probes[t.name]}
-                  for t in tasks],
-        "seed_config": params.to_dict()["seed"], "evaluate_config": params.to_dict()["evaluate"],
-        "reference_perplexity_base": base_ppl, "wall_s": None,
-        "aggregate": aggregate(tasks, chosen, seeds, records, base_ppl, bench.sequential),
-        "retention": retention(tasks, chosen, seeds, records, base_ppl) if bench.sequential else None,
-        "scores": records["scores"], "steps": records["steps"],
-    }
-    result["headline"] = bench.headline(result)
-    result["wall_s"] = round(time.perf_counter() - started, 1)
-
-    out = Path(ws.resolve(str(out_dir)))
+    result = _result(bench, meta, tasks, chosen, seeds, records, base_ppl, started)
     stem = bench.stem
     write_jsonl(out / f"{stem}_answers.jsonl", records["answers"])
     write_jsonl(out / f"{stem}_train_texts.jsonl", records["train_texts"])
@@ -229,6 +251,7 @@ def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int 
     (out / f"{stem}.md").write_text(report.markdown(result, stem, bench.headline_markdown(result["headline"])),
                                     encoding="utf-8")
     write_json(out / f"{stem}.json", result)
+    (out / f"{stem}.partial.json").unlink(missing_ok=True)
 
     tracked = copy.deepcopy(params)
     tracked.night.id = f"bench-{stem}"
@@ -240,6 +263,20 @@ def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int 
                          + [out / p for p in result["plots"]])
     print(f"bench {bench.name}: {result['wall_s']} s; wrote {out / (stem + '.json')}, {stem}.md, "
           f"{', '.join(result['plots'])}")
+    return result
+
+
+def _result(bench: Benchmark, meta: dict[str, Any], tasks: list[Task], chosen: list[Method], seeds: int, records,
+            base_ppl: float, started: float) -> dict[str, Any]:
+    """What <stem>.json holds, over seeds 0..seeds-1 of `records`."""
+    done = {kind: [r for r in records[kind] if r["seed"] < seeds] for kind in ("steps", "scores", "answers")}
+    result: dict[str, Any] = {
+        **meta, "seeds": list(range(seeds)), "wall_s": round(time.perf_counter() - started, 1),
+        "aggregate": aggregate(tasks, chosen, seeds, done, base_ppl, bench.sequential),
+        "retention": retention(tasks, chosen, seeds, done, base_ppl) if bench.sequential else None,
+        "scores": done["scores"], "steps": done["steps"],
+    }
+    result["headline"] = bench.headline(result)
     return result
 
 
