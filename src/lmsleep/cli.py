@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.set_defaults(func=cmd_ask)
     p = sub.add_parser("bench", help="run a benchmark: seeds x methods, results in bench/results/ (lmsleep.bench)")
-    p.add_argument("name", help="benchmark: quality | squad | nights | languages | babi")
+    p.add_argument("name", help="benchmark: quality | squad | nights | languages | babi | arc | math")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     p.add_argument("--limit", type=int, default=None, help="at most K memories/passages per set (a quick run)")
     p.add_argument("--methods", default=None, help="comma-separated methods (default: the benchmark's own list)")

@@ -52,7 +52,8 @@ from lmsleep.stages.evaluate import probe_rows, read_reference
 REPO = Path(__file__).resolve().parents[3]
 BENCHMARKS = {  # name -> module with BENCHMARK
     "quality": "lmsleep.bench.quality", "squad": "lmsleep.bench.squad", "nights": "lmsleep.bench.nights",
-    "languages": "lmsleep.bench.languages", "babi": "lmsleep.bench.babi",
+    "languages": "lmsleep.bench.languages", "babi": "lmsleep.bench.babi", "arc": "lmsleep.bench.arc",
+    "math": "lmsleep.bench.math",
 }
 
 
