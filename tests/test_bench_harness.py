@@ -211,3 +211,31 @@ def test_quality_with_dreaming_and_an_ablation(ws, monkeypatch):
         assert steps[name]["made"] > 0 and steps[name]["dream_seconds"] > 0
         assert steps[name]["steps"] > 2  # KS steps plus rehearsal steps
     assert_no_probe_leak(out, "seed_quality", set(methods[1:]))
+
+
+def test_a_run_stopped_after_its_first_seed_keeps_that_seed(ws, monkeypatch, tmp_path):
+    """Hours-long CPU runs: when seed 1 fails, <stem>.partial.json already holds seed 0's scores and aggregates."""
+    real = harness.run_chain
+
+    def stop_at_seed_1(bench, method, chain, seed, *args):
+        if seed == 1:
+            raise KeyboardInterrupt
+        return real(bench, method, chain, seed, *args)
+
+    monkeypatch.setattr(harness, "run_chain", stop_at_seed_1)
+    with pytest.raises(KeyboardInterrupt):
+        main(["bench", "quality", "--seeds", "2", "--limit", "1", "--model", "tiny", "--root", str(ws.root),
+              "--out", str(tmp_path), "--option", "sets=demo", "--methods", "base,sft", *FAST])
+    partial = json.loads((tmp_path / "seed_quality.partial.json").read_text())
+    assert partial["complete"] is False and partial["seeds"] == [0]
+    assert {s["seed"] for s in partial["scores"]} == {0} and {s["method"] for s in partial["scores"]} == {"base", "sft"}
+    assert partial["aggregate"]["demo"]["sft"]["accuracy"]["per_seed"] == [
+        next(s["accuracy"] for s in partial["scores"] if s["method"] == "sft")]
+    assert not (tmp_path / "seed_quality.json").exists()
+
+
+def test_a_finished_run_removes_its_partial_file(ws, tmp_path):
+    main(["bench", "quality", "--seeds", "2", "--limit", "1", "--model", "tiny", "--root", str(ws.root),
+          "--out", str(tmp_path), "--option", "sets=demo", "--methods", "base", *FAST])
+    assert (tmp_path / "seed_quality.json").exists() and not (tmp_path / "seed_quality.partial.json").exists()
+    assert json.loads((tmp_path / "seed_quality.json").read_text())["seeds"] == [0, 1]
