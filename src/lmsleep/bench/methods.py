@@ -11,14 +11,27 @@ Every trained method calls the project's own consolidators, so a benchmark measu
     context_distill_offpolicy  KS consolidator with ks_lambda=0, ks_divergence=forward_kl, ks_alpha=1: teacher
                                samples only, no on-policy turns, no LTI (classic off-policy context distillation)
     sleep_ks                   lmsleep.ks.consolidate.consolidate_memories with the params' seed section (ks_*)
+    sleep_ks+lti               sleep_ks with Learning to Imitate on: seed.ks_alpha when it is < 1, else 0.8 (the
+                               params' default ks_alpha 1.0 has no LTI term, so sleep_ks itself is "without LTI")
+    sleep_ks-lti               sleep_ks with the LTI term forced off (ks_alpha = 1); with the default params it IS
+                               sleep_ks (compare it with sleep_ks+lti)
+    sleep_ks-semantic_reward   sleep_ks+lti with the reward's semantic (judge) part removed: ks_gamma = 0, r = r_abs
+                               (= sleep_ks+lti when the params' ks_gamma is already 0)
+    sleep_ks-expansion         the KS objective (the params' ks_*) into a LoRA on the existing weights instead of one
+                               new CMS expert (lmsleep.bench.baselines.ks_into_lora; no capacity added)
+    opsd                       on-policy self-distillation: ks_into_lora with ks_lambda=1, reverse KL, ks_alpha=1 (no
+                               LTI); teacher = the model with the memory in context, adapter disabled
+    seal_like                  SEAL's recipe (lmsleep.bench.baselines.seal_like): implications written by a LoRA
+                               writer, each tried by SFT of an isolated LoRA and rewarded when the dream stage's
+                               probe-free tau rose, ReST-EM on the writer for dream.rest_em_rounds, then SFT of a LoRA
+                               on the memory texts plus the rewarded self-edits, merged
 
     sleep_ks_dream             sleep_ks, then lmsleep.dream.dream_and_rehearse (the dream stage's own code) on tonight's
                                expert; ablations -random_expert, -grad_selection, -rest_em (dream.* switches);
                                the -dream ablation is sleep_ks itself
 
-Not implemented yet, so not in the registry (asking for them is an error, never a stand-in): `opsd` (on-policy reverse
-KL into a LoRA on the existing weights needs its own training loop; the KS loop only trains a new CMS expert),
-`seal_like`, and the KS ablations -lti, -semantic_reward, -expansion.
+The KS methods' step records carry the objective they ran with (ks_lambda, ks_divergence, ks_alpha, ks_gamma, the
+receiver, LTI steps and judge), so an ablation's switch is visible in <stem>.json.
 
 A trained method returns its model folded into plain weights (LoRA merged, the new expert's delta added), which is
 what `load_lineage` gives the evaluate stage after a real night, and what the next task of a sequential run builds on.
@@ -121,30 +134,94 @@ def fold_cms(cms) -> Any:
     return base.eval()
 
 
-def _ks_night(model, tokenizer, memories, cfg: SeedConfig, history: History):
-    """One KS consolidation as the seed stage runs it: with replay of the chain's earlier nights and the anchors."""
-    from lmsleep.ks.consolidate import consolidate_memories
+def _ks_inputs(cfg: SeedConfig, history: History) -> tuple[list[dict[str, Any]], list[str]]:
+    """What the seed stage gives a KS night besides the memories: replay of the chain's earlier nights, anchors."""
     from lmsleep.ks.samples import read_anchor_prompts
     from lmsleep.stages.seed import replay_prompts
 
     replay = []
     if history.nights and history.workspace is not None:
         replay = replay_prompts(history.workspace, history.nights, cfg.ks_replay_prompts, cfg.seed)
-    anchors = read_anchor_prompts(cfg.ks_anchor_file, cfg.ks_anchor_prompts, cfg.seed)
+    return replay, read_anchor_prompts(cfg.ks_anchor_file, cfg.ks_anchor_prompts, cfg.seed)
+
+
+def _ks_night(model, tokenizer, memories, cfg: SeedConfig, history: History):
+    """One KS consolidation as the seed stage runs it: with replay of the chain's earlier nights and the anchors."""
+    from lmsleep.ks.consolidate import consolidate_memories
+
+    replay, anchors = _ks_inputs(cfg, history)
     return consolidate_memories(model, tokenizer, memories, cfg, replay=replay, anchors=anchors)
+
+
+def _ks_stats(stats: dict[str, Any], cfg: SeedConfig, receiver: str) -> dict[str, Any]:
+    """What a KS method's step record keeps: counts, and the objective it ran with (so ablations can be checked)."""
+    keep = {k: stats[k] for k in ("prompts", "replay_prompts", "teacher_samples", "judge") if k in stats}
+    return keep | {"receiver": receiver, "ks_lambda": cfg.ks_lambda, "ks_divergence": cfg.ks_divergence,
+                   "ks_alpha": cfg.ks_alpha, "ks_gamma": cfg.ks_gamma, "lti_steps": len(stats.get("lti_rewards", []))}
 
 
 def consolidate_ks(model, tokenizer, memories, cfg: SeedConfig, history: History) -> Consolidated:
     started = time.perf_counter()
     cms, losses, stats = _ks_night(model, tokenizer, memories, cfg, history)
     train_texts = stats.pop("train_texts")
-    keep = {k: stats[k] for k in ("prompts", "replay_prompts", "teacher_samples") if k in stats}
-    return Consolidated(fold_cms(cms), train_texts, losses, round(time.perf_counter() - started, 1), keep)
+    return Consolidated(fold_cms(cms), train_texts, losses, round(time.perf_counter() - started, 1),
+                        _ks_stats(stats, cfg, "new CMS expert"))
 
 
 def consolidate_offpolicy_distill(model, tokenizer, memories, cfg: SeedConfig, history: History) -> Consolidated:
     cfg = dataclasses.replace(cfg, ks_lambda=0.0, ks_divergence="forward_kl", ks_alpha=1.0)
     return consolidate_ks(model, tokenizer, memories, cfg, history)
+
+
+LTI_ALPHA = 0.8  # ks_alpha of the LTI methods when the params' own has no LTI term (config.py's suggested value)
+
+
+def lti_alpha(cfg: SeedConfig) -> float:
+    """The params' ks_alpha when it already weighs in LTI (< 1), else LTI_ALPHA."""
+    return cfg.ks_alpha if cfg.ks_alpha < 1.0 else LTI_ALPHA
+
+
+def consolidate_ks_lti(model, tokenizer, memories, cfg: SeedConfig, history: History) -> Consolidated:
+    return consolidate_ks(model, tokenizer, memories, dataclasses.replace(cfg, ks_alpha=lti_alpha(cfg)), history)
+
+
+def consolidate_ks_no_lti(model, tokenizer, memories, cfg: SeedConfig, history: History) -> Consolidated:
+    return consolidate_ks(model, tokenizer, memories, dataclasses.replace(cfg, ks_alpha=1.0), history)
+
+
+def consolidate_ks_no_semantic_reward(model, tokenizer, memories, cfg: SeedConfig, history: History) -> Consolidated:
+    cfg = dataclasses.replace(cfg, ks_alpha=lti_alpha(cfg), ks_gamma=0.0)
+    return consolidate_ks(model, tokenizer, memories, cfg, history)
+
+
+def consolidate_ks_lora(model, tokenizer, memories, cfg: SeedConfig, history: History) -> Consolidated:
+    """The KS objective into a LoRA on the existing weights (no new expert): sleep_ks-expansion, and opsd."""
+    from lmsleep.bench.baselines import ks_into_lora
+
+    started = time.perf_counter()
+    replay, anchors = _ks_inputs(cfg, history)
+    peft_model, losses, stats = ks_into_lora(model, tokenizer, memories, cfg, replay=replay, anchors=anchors)
+    return Consolidated(peft_model.merge_and_unload().eval(), stats.pop("train_texts"), losses,
+                        round(time.perf_counter() - started, 1),
+                        _ks_stats(stats, cfg, stats["receiver"]) | {"trainable": stats["trainable"]})
+
+
+def consolidate_opsd(model, tokenizer, memories, cfg: SeedConfig, history: History) -> Consolidated:
+    cfg = dataclasses.replace(cfg, ks_lambda=1.0, ks_divergence="reverse_kl", ks_alpha=1.0)
+    return consolidate_ks_lora(model, tokenizer, memories, cfg, history)
+
+
+def consolidate_seal_like(model, tokenizer, memories, cfg: SeedConfig, history: History) -> Consolidated:
+    """SEAL's recipe (lmsleep.bench.baselines.seal_like) with the params' dream section; the writer carries over
+    the nights of a chain, as the dream stage's does."""
+    from lmsleep.bench.baselines import seal_like
+    from lmsleep.config import DreamConfig
+
+    started = time.perf_counter()
+    merged, train_texts, losses, stats = seal_like(model, tokenizer, memories, cfg, history.dream or DreamConfig(),
+                                                   writer=history.writer)
+    history.writer = stats.pop("writer")
+    return Consolidated(merged, train_texts, losses, round(time.perf_counter() - started, 1), stats)
 
 
 def consolidate_ks_dream(model, tokenizer, memories, cfg: SeedConfig, history: History,
@@ -180,6 +257,18 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            consolidate_offpolicy_distill),
     Method("sleep_ks", "Knowledge Seeding into one new expert (seed.method=ks); also the -dream ablation",
            consolidate_ks),
+    Method("sleep_ks+lti", "sleep_ks with Learning to Imitate on (ks_alpha < 1: the params' or 0.8)",
+           consolidate_ks_lti),
+    Method("sleep_ks-lti", "sleep_ks with the LTI term off (ks_alpha=1; = sleep_ks with the default params)",
+           consolidate_ks_no_lti),
+    Method("sleep_ks-semantic_reward", "sleep_ks+lti with the absolute (Levenshtein) reward only (ks_gamma=0)",
+           consolidate_ks_no_semantic_reward),
+    Method("sleep_ks-expansion", "the KS objective into a LoRA on the existing weights, no new expert",
+           consolidate_ks_lora),
+    Method("opsd", "on-policy self-distillation: reverse KL, lambda 1, no LTI, into a LoRA on the existing weights",
+           consolidate_opsd),
+    Method("seal_like", "SEAL: self-edit implications, LoRA trials rewarded by tau, ReST-EM writer, SFT on kept edits",
+           consolidate_seal_like),
     Method("sleep_ks_dream", "sleep_ks, then dreaming (lmsleep.dream) rehearses tonight's expert",
            consolidate_ks_dream),
     Method("sleep_ks_dream-random_expert", "sleep_ks_dream without the random novelty expert",
@@ -188,16 +277,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            _ablation(grad_selection=False)),
     Method("sleep_ks_dream-rest_em", "sleep_ks_dream without ReST-EM on the dream writer", _ablation(rest_em=False)),
 )}
-NOT_IMPLEMENTED = ("opsd", "seal_like", "sleep_ks-lti", "sleep_ks-semantic_reward", "sleep_ks-expansion")
 
 
 def resolve_methods(names: list[str]) -> list[Method]:
     """Methods by name, in the order given; an unknown name is a ValueError that lists the known ones."""
     unknown = [n for n in names if n not in METHODS]
     if unknown:
-        pending = [n for n in unknown if n in NOT_IMPLEMENTED]
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}"
-                         + (f" ({', '.join(pending)}: not implemented yet)" if pending else ""))
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
     if len(set(names)) != len(names):
         raise ValueError(f"a method is listed twice: {names}")
     return [METHODS[n] for n in names]

@@ -27,6 +27,10 @@ LTI (§4b), when `ks_alpha` < 1: each step takes one teacher continuation d (a "
 random prefix, lets the student complete the prefix `ks_group_size` times, rewards r = gamma r_sem + (1-gamma) r_abs
 (SemanticJudge, exact-match fallback) and adds REINFORCE with group-normalised advantages:
 loss = alpha * D + (1 - alpha) * reinforce (`combined_ks_objective`).
+
+The loop itself is `train_student`: consolidate_memories opens the new expert and hands it over; the benchmark's
+"KS objective into a LoRA on the existing weights" baselines (opsd, sleep_ks-expansion: lmsleep.bench.baselines)
+hand over a peft LoRA instead, whose disabled adapter is the teacher.
 """
 
 from __future__ import annotations
@@ -50,14 +54,14 @@ from lmsleep.ks.samples import Sample, build_samples, draw_batch
 LEVEL = "night"  # the first (and here only) CMS level: the receiver of tonight's expert
 
 
-def _lti_loss(cms, tokenizer, samples: list[Sample], cfg, rng: random.Random, judge, index: int):
+def _lti_loss(cms, tokenizer, samples: list[Sample], cfg, rng: random.Random, judge, level: str, index: int):
     """REINFORCE on one random prefix of one teacher dream, ks_group_size student completions."""
     dreams = [s for s in samples if s.kind == "continuation" and s.source == "memory"]
     if not dreams:
         return None, 0.0
     d = rng.choice(dreams)
     if not d.completion:  # lambda = 1 without a cache: this continuation's teacher sample is written now, once
-        with cms.experts_off(LEVEL, [index]):
+        with cms.experts_off(level, [index]):
             teacher_side.write_completions(cms, tokenizer, [d], cfg)
     if len(d.completion) < 2:
         return None, 0.0
@@ -106,8 +110,8 @@ def distillation_loss(cms, tokenizer, batch: list[Sample], cfg, level: str, inde
     return loss, fresh, scored
 
 
-def _prepare_samples(cms, tokenizer, memories, cfg, index: int, replay, anchors, teacher_cache: Path | None,
-                     teacher_id: str):  # noqa: PLR0913 - the night's inputs, passed through
+def _prepare_samples(cms, tokenizer, memories, cfg, level: str, index: int, replay, anchors,
+                     teacher_cache: Path | None, teacher_id: str):  # noqa: PLR0913 - the night's inputs, passed through
     """Prompts (and, unless no off-policy turn will read them, teacher completions and log-probs) for the night.
 
     Returns (samples, the teacher's cached memory prefixes, teacher samples scored here, cache: off | hit | miss)."""
@@ -115,7 +119,7 @@ def _prepare_samples(cms, tokenizer, memories, cfg, index: int, replay, anchors,
     cached = teacher_side.load_cache(teacher_cache, key) if teacher_cache else None
     rng = random.Random(cfg.seed)
     scored = 0
-    with cms.experts_off(LEVEL, [index]):
+    with cms.experts_off(level, [index]):
         samples = cached or build_samples(cms, tokenizer, memories, cfg, rng, replay, anchors)
         prefixes = teacher_side.memory_prefixes(cms, samples)
         if not cached and (cfg.ks_lambda < 1.0 or teacher_cache):
@@ -152,6 +156,23 @@ def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg,
                                                         alpha=2.0 * rank)]))
     index = cms.activate_expert(LEVEL, torch.Generator().manual_seed(cfg.seed))
     params = cms.trainable_expert(LEVEL, index)
+    return train_student(cms, LEVEL, index, params, tokenizer, memories, cfg, replay=replay,
+                         teacher_cache=teacher_cache, teacher_id=teacher_id, anchors=anchors,
+                         receiver=f"expert rank {rank}", started=started)
+
+
+def train_student(student, level: str, index: int, params: list[torch.nn.Parameter], tokenizer,
+                  memories: list[dict[str, Any]], cfg, replay: list[dict[str, Any]] | None = None,
+                  teacher_cache: Path | None = None, teacher_id: str = "", anchors: list[str] | None = None,
+                  receiver: str = "", started: float | None = None):
+    """The KS loop (prompts, teacher, GKD + LTI steps) on whatever receives tonight's knowledge: `params` are the only
+    tensors in the optimizer, and inside `student.experts_off(level, [index])` the student must be the teacher's
+    weights (the model as it was before the night: for the CMS, tonight's expert masked off). `student` is called
+    like the model and has `.base` (the HF causal LM it runs); consolidate_memories passes a CMSModel, the
+    benchmark's LoRA baselines (lmsleep.bench.baselines) a peft LoRA on the existing weights, adapter disabled as the
+    teacher. `receiver` names what is trained in the start-up line. Returns (student, losses, stats)."""
+    started = time.perf_counter() if started is None else started
+    device = next(student.base.parameters()).device
     optimizer = torch.optim.AdamW(params, lr=cfg.ks_lr, weight_decay=0.0)
     judge = None
     if cfg.ks_alpha < 1.0 and cfg.ks_gamma > 0.0:
@@ -159,15 +180,15 @@ def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg,
 
         judge = SemanticJudge(fallback=True)
 
-    pool, prefixes, teacher_samples, cache_status = _prepare_samples(cms, tokenizer, memories, cfg, index, replay,
-                                                                    anchors, teacher_cache, teacher_id)
+    pool, prefixes, teacher_samples, cache_status = _prepare_samples(student, tokenizer, memories, cfg, level, index,
+                                                                    replay, anchors, teacher_cache, teacher_id)
     if not pool:
         raise ValueError("ks: no training prompts could be built from tonight's memories")
     print(f"seed/ks: {len(memories)} memories, {len(pool)} prompts ({len(replay or [])} replay, "
           f"{len(anchors or [])} anchor), {cfg.ks_steps} "
-          f"steps, expert rank {rank} ({sum(p.numel() for p in params):,} trainable), lambda {cfg.ks_lambda}, "
+          f"steps, {receiver} ({sum(p.numel() for p in params):,} trainable), lambda {cfg.ks_lambda}, "
           f"alpha {cfg.ks_alpha}, {cfg.ks_divergence}, teacher top-k {cfg.ks_teacher_topk or 'full'}, "
-          f"cache {cache_status}, device {device}")
+          f"cache {cache_status}, device {device.type}")
 
     # the loop's randomness starts from its own seeds, so a cached rerun trains exactly like the run that wrote it
     rng = random.Random(f"ks-train-{cfg.seed}")
@@ -179,13 +200,13 @@ def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg,
         batch = draw_batch(pool, order, cfg.batch_size, rng)
         distill = None
         if cfg.ks_alpha > 0.0:
-            distill, fresh, scored = distillation_loss(cms, tokenizer, batch, cfg, LEVEL, index, rng, prefixes)
+            distill, fresh, scored = distillation_loss(student, tokenizer, batch, cfg, level, index, rng, prefixes)
             teacher_samples += scored
             distill_losses.append(float(distill.detach()))
             on_policy_samples += fresh
         rl = None
         if cfg.ks_alpha < 1.0:
-            rl, mean_reward = _lti_loss(cms, tokenizer, pool, cfg, rng, judge, index)
+            rl, mean_reward = _lti_loss(student, tokenizer, pool, cfg, rng, judge, level, index)
             rewards.append(mean_reward)
             rl_losses.append(float(rl.detach()) if rl is not None else 0.0)
             if rl is None:
@@ -197,7 +218,7 @@ def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg,
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
 
-    cms.eval()
+    student.eval()
     for p in params:
         p.requires_grad_(False)
     stats = {"prompts": len(pool), "replay_prompts": sum(s.source.startswith("replay") for s in pool),
@@ -207,4 +228,4 @@ def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg,
              "judge": None if judge is None else ("model" if judge.uses_model else "exact-match"),
              "seconds": round(time.perf_counter() - started, 1),
              "train_texts": [s.audit(tokenizer) for s in pool + on_policy_samples]}
-    return cms, losses, stats
+    return student, losses, stats
