@@ -85,7 +85,8 @@ class SeedConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay")
     seed: int = _f(0, "seed for shuffling and initialisation")
     accelerate_config: str = _f("", "accelerate config file to train under (e.g. configs/accelerate/cpu_ddp.yaml); "
-                                    "empty = this process")
+                                    "empty = this process. sft: DDP/FSDP; ks: data-parallel steps, the teacher "
+                                    "written once by rank 0 to the night's teacher cache")
     ks_steps: int = _f(96, "ks: optimizer steps (each on batch_size prompts)")
     ks_lr: float = _f(2e-3, "ks: AdamW learning rate of the new expert")
     ks_expert_rank: int = _f(16, "ks: rank of the new low-rank expert (its alpha is 2 x rank)")

@@ -8,6 +8,11 @@ multi-CPU launcher needs mpirun.) Without a config, the same training loop runs 
 Exactness: every process tokenises the whole global batch, trains on its own rows, and scales its summed token loss by
 world_size / tokens-in-the-global-batch; DDP averages gradients over the world, so each step's gradient equals the
 single-process gradient of the token-mean loss over the same batch (tests/test_distributed.py checks this).
+
+Knowledge Seeding (seed.method ks) runs under the same launch: its trainable tensors are one CMS expert, so instead of
+a DDP wrapper each process sums its gradients with all_reduce (lmsleep.ks.consolidate.train_student); rank 0 writes
+the teacher's side to the night's teacher cache and the other ranks read it back, so every rank trains on the same
+prompts and targets.
 """
 
 from __future__ import annotations
@@ -58,6 +63,13 @@ def launch_stage(stage: str, params: Params, ws: Workspace, config_file: str) ->
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file), *stage_args]
     print("launching:", " ".join(command))
     subprocess.run(command, env={**os.environ, WORKER_ENV: "1", "WANDB_MODE": "disabled"}, check=True)
+
+
+def process_group() -> tuple[int, int]:
+    """(rank, world size) of the initialised torch.distributed group; (0, 1) in a plain process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def my_rows(n_rows: int, process_index: int, num_processes: int) -> list[int]:

@@ -31,6 +31,11 @@ loss = alpha * D + (1 - alpha) * reinforce (`combined_ks_objective`).
 The loop itself is `train_student`: consolidate_memories opens the new expert and hands it over; the benchmark's
 "KS objective into a LoRA on the existing weights" baselines (opsd, sleep_ks-expansion: lmsleep.bench.baselines)
 hand over a peft LoRA instead, whose disabled adapter is the teacher.
+
+Data parallel (seed.accelerate_config, lmsleep.distributed): every process draws the same batches; each takes rows
+rank, rank + world, ... of a batch (`distillation_loss(shard=...)`), weights its loss by its share of the batch's
+tokens and the processes' gradients are summed, so an off-policy run trains the one-process expert (to float
+rounding). The teacher's side is prepared once by rank 0 and shared through the teacher cache.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lmsleep.cms import CMSConfig, LevelSpec, wrap_model
+from lmsleep.distributed import my_rows, process_group
 from lmsleep.ks import teacher as teacher_side
 from lmsleep.ks.divergence import generalized_distillation_loss
 from lmsleep.ks.imitation import (combined_ks_objective, completion_logprobs, group_normalised_advantages,
@@ -83,15 +89,23 @@ def _lti_loss(cms, tokenizer, samples: list[Sample], cfg, rng: random.Random, ju
 
 
 def distillation_loss(cms, tokenizer, batch: list[Sample], cfg, level: str, index: int, rng: random.Random,
-                      prefixes=None) -> tuple[torch.Tensor, list[Sample], int]:
+                      prefixes=None, shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, list[Sample], int]:
     """The GKD term of one step: each sample's turn is on-policy with probability ks_lambda (y sampled from the
     student, no grad), else it uses the teacher's own y; the teacher (expert `index` of `level` off) scores every y
     it has not scored yet, once. Returns (loss, the fresh on-policy samples, teacher samples scored now).
 
+    `shard` = (rank, world) of a data-parallel run: this process takes rows rank, rank + world, ... of the batch and
+    returns its share of the batch's token-mean loss (its summed divergence / the batch's tokens over all processes),
+    so that summing the processes' gradients gives the one-process gradient. `rng` is drawn for every row on every
+    process, which keeps the processes' batches in step.
+
     Shared by the night's loop and dream rehearsal (lmsleep.dream.rehearse)."""
     pad = tokenizer.pad_token_id
-    on_policy = [s for s in batch if rng.random() < cfg.ks_lambda]
-    rows = [s for s in batch if s not in on_policy]
+    flags = [rng.random() < cfg.ks_lambda for _ in batch]
+    rank, world = shard
+    mine = set(my_rows(len(batch), rank, world))
+    on_policy = [s for i, (s, f) in enumerate(zip(batch, flags)) if f and i in mine]
+    rows = [s for i, (s, f) in enumerate(zip(batch, flags)) if not f and i in mine]
     ys = sample_completions(cms, tokenizer, [s.student_prompt for s in on_policy], cfg.ks_temperature,
                             cfg.ks_max_new_tokens)
     fresh = [Sample(s.memory_id, "on-policy", s.student_prompt, s.teacher_prompt, s.prompt_text, y, source=s.source)
@@ -102,9 +116,17 @@ def distillation_loss(cms, tokenizer, batch: list[Sample], cfg, level: str, inde
     rows += fresh
     device = next(cms.base.parameters()).device
     with torch.enable_grad():
-        student = completion_logits(cms, [(s.student_prompt, s.completion) for s in rows], pad)
-        loss = generalized_distillation_loss(teacher_side.teacher_target(rows, device), torch.cat(student)[None],
-                                             None, cfg.ks_divergence, cfg.ks_beta)
+        if rows:
+            student = completion_logits(cms, [(s.student_prompt, s.completion) for s in rows], pad)
+            loss = generalized_distillation_loss(teacher_side.teacher_target(rows, device),
+                                                 torch.cat(student)[None], None, cfg.ks_divergence, cfg.ks_beta)
+        else:  # a batch smaller than the world: this process adds nothing but still joins the gradient sum
+            loss = torch.zeros((), device=device, requires_grad=True)
+        if world > 1:
+            tokens = torch.tensor(float(sum(len(s.completion) for s in rows)), device=device)
+            total = tokens.clone()
+            torch.distributed.all_reduce(total)  # on the model's device: nccl reduces only GPU tensors
+            loss = loss * (tokens / total)
     for s in fresh:  # an on-policy y is used once: keep it for the audit, drop its teacher log-probs
         s.teacher_logprobs = s.teacher_ids = None
     return loss, fresh, scored
@@ -161,6 +183,24 @@ def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg,
                          receiver=f"expert rank {rank}", started=started)
 
 
+def _world_sum(value: torch.Tensor, world: int) -> float:
+    """A logged number summed over the processes (each holds its share), as one process would log it."""
+    if world > 1:
+        value = value.detach().clone().float()
+        torch.distributed.all_reduce(value)
+    return float(value)
+
+
+def _world_audit(samples: list[Sample], tokenizer, world: int) -> list[dict[str, Any]]:
+    """The audit rows of every process's on-policy samples (each process sampled only its own rows)."""
+    mine = [s.audit(tokenizer) for s in samples]
+    if world == 1:
+        return mine
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, mine)
+    return [row for rows in gathered for row in rows]
+
+
 def train_student(student, level: str, index: int, params: list[torch.nn.Parameter], tokenizer,
                   memories: list[dict[str, Any]], cfg, replay: list[dict[str, Any]] | None = None,
                   teacher_cache: Path | None = None, teacher_id: str = "", anchors: list[str] | None = None,
@@ -180,19 +220,28 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
 
         judge = SemanticJudge(fallback=True)
 
+    rank, world = process_group()
+    if world > 1 and teacher_cache is None:
+        raise ValueError("ks on several processes shares the teacher through its cache: pass teacher_cache")
+    if rank > 0:  # the teacher's side is written once, by rank 0, and read back here from its cache
+        torch.distributed.barrier()
     pool, prefixes, teacher_samples, cache_status = _prepare_samples(student, tokenizer, memories, cfg, level, index,
                                                                     replay, anchors, teacher_cache, teacher_id)
+    if world > 1 and rank == 0:
+        torch.distributed.barrier()
+    if rank > 0 and cache_status != "hit":
+        raise RuntimeError(f"ks rank {rank}: rank 0's teacher cache was not found in {teacher_cache}")
     if not pool:
         raise ValueError("ks: no training prompts could be built from tonight's memories")
     print(f"seed/ks: {len(memories)} memories, {len(pool)} prompts ({len(replay or [])} replay, "
           f"{len(anchors or [])} anchor), {cfg.ks_steps} "
           f"steps, {receiver} ({sum(p.numel() for p in params):,} trainable), lambda {cfg.ks_lambda}, "
           f"alpha {cfg.ks_alpha}, {cfg.ks_divergence}, teacher top-k {cfg.ks_teacher_topk or 'full'}, "
-          f"cache {cache_status}, device {device.type}")
+          f"cache {cache_status}, device {device.type}" + (f", process {rank} of {world}" if world > 1 else ""))
 
     # the loop's randomness starts from its own seeds, so a cached rerun trains exactly like the run that wrote it
     rng = random.Random(f"ks-train-{cfg.seed}")
-    torch.manual_seed(cfg.seed + 1)
+    torch.manual_seed(cfg.seed + 1 + rank)  # each process samples its own on-policy rows
     order: list[Sample] = []
     on_policy_samples: list[Sample] = []
     losses, distill_losses, rl_losses, rewards = [], [], [], []
@@ -200,23 +249,33 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
         batch = draw_batch(pool, order, cfg.batch_size, rng)
         distill = None
         if cfg.ks_alpha > 0.0:
-            distill, fresh, scored = distillation_loss(student, tokenizer, batch, cfg, level, index, rng, prefixes)
+            distill, fresh, scored = distillation_loss(student, tokenizer, batch, cfg, level, index, rng, prefixes,
+                                                       shard=(rank, world))
             teacher_samples += scored
-            distill_losses.append(float(distill.detach()))
+            distill_losses.append(_world_sum(distill.detach(), world))
             on_policy_samples += fresh
         rl = None
         if cfg.ks_alpha < 1.0:
             rl, mean_reward = _lti_loss(student, tokenizer, pool, cfg, rng, judge, level, index)
-            rewards.append(mean_reward)
-            rl_losses.append(float(rl.detach()) if rl is not None else 0.0)
             if rl is None:
                 rl = torch.zeros((), device=device)
+            rl = rl / world  # each process draws its own LTI group: the processes' gradients average them
+            rewards.append(_world_sum(torch.tensor(mean_reward, device=device), world) / world)
+            rl_losses.append(_world_sum(rl.detach(), world))
         loss = combined_ks_objective(rl, distill, cfg.ks_alpha)
-        if loss.requires_grad:
+        if world > 1:  # the loss is each process's share: summed gradients = the one-process gradient
+            if loss.requires_grad:
+                loss.backward()
+            for p in params:
+                grad = p.grad if p.grad is not None else torch.zeros_like(p)
+                torch.distributed.all_reduce(grad)
+                p.grad = grad
+            optimizer.step()
+        elif loss.requires_grad:
             loss.backward()
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+        losses.append(_world_sum(loss.detach(), world))
 
     student.eval()
     for p in params:
@@ -227,5 +286,5 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
              "lti_losses": rl_losses, "lti_rewards": rewards, "expert_index": index,
              "judge": None if judge is None else ("model" if judge.uses_model else "exact-match"),
              "seconds": round(time.perf_counter() - started, 1),
-             "train_texts": [s.audit(tokenizer) for s in pool + on_policy_samples]}
+             "train_texts": [s.audit(tokenizer) for s in pool] + _world_audit(on_policy_samples, tokenizer, world)}
     return student, losses, stats

@@ -165,7 +165,10 @@ def _consolidate_ks(ws, params, parent, memories, model, tokenizer) -> dict[str,
 
     night, out_dir = params.night.id, ws.night_model(params.night.id)
     replay = replay_prompts(ws, parent["nights"], params.seed.ks_replay_prompts, params.seed.seed)
-    cache = teacher_cache_dir(ws, night) if params.seed.ks_teacher_cache else None
+    accelerator = make_accelerator() if inside_launch() else None  # joins the launched processes' group
+    world = accelerator.num_processes if accelerator else 1
+    # several processes share one teacher: rank 0 writes it to the night's cache, the others read it back
+    cache = teacher_cache_dir(ws, night) if params.seed.ks_teacher_cache or world > 1 else None
     teacher_id = json.dumps({k: parent[k] for k in ("base", "adapters", "nights")} |
                             {"dtype": params.prepare_model.dtype}, sort_keys=True)  # names the teacher's weights
     cfg = params.seed
@@ -173,12 +176,14 @@ def _consolidate_ks(ws, params, parent, memories, model, tokenizer) -> dict[str,
                                   cfg.ks_anchor_prompts, cfg.seed)
     cms, losses, stats = consolidate_memories(model, tokenizer, memories, cfg, replay=replay, teacher_cache=cache,
                                               teacher_id=teacher_id, anchors=anchors)
-    write_jsonl(out_dir / "train_texts.jsonl", stats.pop("train_texts"))
-    export_peft_adapter(cms, out_dir / "adapter")
-    summary = {"night": night, "method": "ks", "memories": len(memories), "steps": len(losses), "processes": 1,
+    summary = {"night": night, "method": "ks", "memories": len(memories), "steps": len(losses), "processes": world,
                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
                "prompts": stats["prompts"], "teacher_samples": stats["teacher_samples"],
                "teacher_cache": stats["teacher_cache"], "seconds": stats["seconds"]}
+    if accelerator is not None and not accelerator.is_main_process:  # every rank holds the same expert
+        return summary
+    write_jsonl(out_dir / "train_texts.jsonl", stats.pop("train_texts"))
+    export_peft_adapter(cms, out_dir / "adapter")
     return _write_outputs(ws, params, parent, losses, summary, extra={"ks": stats})
 
 
@@ -206,8 +211,6 @@ def run(params: Params, ws: Workspace) -> dict[str, Any]:
     teacher_cache_dir(ws, params.night.id).mkdir(parents=True, exist_ok=True)
     if not memories:
         raise NightStopped(f"{accepted} holds no accepted memories")
-    if params.seed.accelerate_config and params.seed.method == "ks":
-        raise ValueError("seed.method 'ks' trains in this process: unset seed.accelerate_config")
     if params.seed.accelerate_config and not inside_launch():
         launch_stage("seed", params, ws, ws.resolve(params.seed.accelerate_config))
         log = read_json(ws.night_model(params.night.id) / "train_log.json")
