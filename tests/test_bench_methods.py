@@ -187,3 +187,39 @@ def test_ablations_are_defined_whatever_the_params_lti(monkeypatch, alpha, gamma
         ran.clear()
         bench_methods.METHODS[name].consolidate(None, None, [], SeedConfig(ks_alpha=alpha, ks_gamma=gamma), None)
         assert (ran["cfg"].ks_alpha, ran["cfg"].ks_gamma) == (want_alpha, want_gamma), name
+
+
+def test_a_ks_night_is_trained_once_and_restored_exactly(ws, monkeypatch):
+    """sleep_ks_dream after sleep_ks restores sleep_ks's night instead of training it again, and what dreaming then
+    makes of it is bit-identical to a run that trained the night itself."""
+    import lmsleep.ks.consolidate as ks_consolidate
+    from lmsleep.bench.methods import KS_NIGHTS, History, consolidate_ks, consolidate_ks_dream
+    from lmsleep.config import DreamConfig, SeedConfig
+    from lmsleep.models import load_base
+
+    cfg = SeedConfig(ks_steps=2, ks_max_new_tokens=6, ks_expert_rank=4, ks_prompts_per_memory=2,
+                     ks_question_share=0.5)
+    dream = DreamConfig(kinds=["continuation", "qa"], dreams_per_memory=2, max_new_tokens=12, tau_questions=1,
+                        tau_answers=1, max_trials=2, trial_steps=1, writer_steps=1, rehearsal_steps=2,
+                        reward_margin=-1e9)
+    memories = [memory(1), memory(2)]
+    model_dir = ws.base_model("tiny")
+    trained = []
+    real = ks_consolidate.consolidate_memories
+    monkeypatch.setattr(ks_consolidate, "consolidate_memories", lambda *a, **k: trained.append(1) or real(*a, **k))
+
+    def dreamt(first_ks: bool) -> dict:
+        KS_NIGHTS.clear()
+        if first_ks:
+            consolidate_ks(load_base(model_dir)[0], load_base(model_dir)[1], memories, cfg, History())
+        model, tokenizer = load_base(model_dir)
+        done = consolidate_ks_dream(model, tokenizer, memories, cfg, History(dream=dream))
+        return {k: v.clone() for k, v in done.model.state_dict().items()}, done.losses
+
+    alone, alone_losses = dreamt(first_ks=False)
+    assert len(trained) == 1
+    restored, restored_losses = dreamt(first_ks=True)
+    assert len(trained) == 2  # sleep_ks trained the night; sleep_ks_dream restored it
+    assert restored_losses == alone_losses
+    assert alone.keys() == restored.keys() and all(torch.equal(alone[k], restored[k]) for k in alone)
+    KS_NIGHTS.clear()

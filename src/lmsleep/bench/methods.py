@@ -39,11 +39,18 @@ what `load_lineage` gives the evaluate stage after a real night, and what the ne
 
 from __future__ import annotations
 
+import atexit
+import copy
 import dataclasses
+import hashlib
+import json
 import random
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -145,12 +152,66 @@ def _ks_inputs(cfg: SeedConfig, history: History) -> tuple[list[dict[str, Any]],
     return replay, read_anchor_prompts(cfg.ks_anchor_file, cfg.ks_anchor_prompts, cfg.seed)
 
 
+class KSNights:
+    """KS nights already trained in this process, by their exact inputs: sleep_ks, sleep_ks_dream and the dreaming
+    ablations all start from the same KS night (same model, memories, settings and seed), so it is trained once and
+    the others restore its CMS state (`lmsleep.cms.save_state` / `load_state`: identical logits) and the torch random
+    state it left, which makes a restored night indistinguishable from a rerun for whatever follows (tested)."""
+
+    def __init__(self):
+        self._root: Path | None = None
+        self._saved: dict[str, tuple[Path, list[float], dict[str, Any], torch.Tensor]] = {}
+
+    @staticmethod
+    def key(model, memories, cfg: SeedConfig, replay, anchors) -> str:
+        from lmsleep.cms.state import base_fingerprint
+
+        inputs = json.dumps([dataclasses.asdict(cfg), memories, replay, anchors], sort_keys=True, default=str)
+        return hashlib.sha256(f"{inputs}|{base_fingerprint(model)}".encode()).hexdigest()
+
+    def get(self, key: str, model):
+        if key not in self._saved:
+            return None
+        from lmsleep.cms import load_state
+
+        directory, losses, stats, rng = self._saved[key]
+        model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        cms = load_state(model, directory, check_base=False)  # the key already holds the base's fingerprint
+        for p in cms.parameters():
+            p.requires_grad_(False)
+        torch.set_rng_state(rng)
+        return cms, list(losses), copy.deepcopy(stats)
+
+    def put(self, key: str, cms, losses: list[float], stats: dict[str, Any]) -> None:
+        from lmsleep.cms import save_state
+
+        if self._root is None:
+            self._root = Path(tempfile.mkdtemp(prefix="lmsleep-ks-nights-"))
+            atexit.register(shutil.rmtree, self._root, True)
+        directory = save_state(cms, self._root / key)
+        self._saved[key] = (directory, list(losses), copy.deepcopy(stats), torch.get_rng_state())
+
+    def clear(self) -> None:
+        self._saved.clear()
+
+
+KS_NIGHTS = KSNights()
+
+
 def _ks_night(model, tokenizer, memories, cfg: SeedConfig, history: History):
-    """One KS consolidation as the seed stage runs it: with replay of the chain's earlier nights and the anchors."""
+    """One KS consolidation as the seed stage runs it: with replay of the chain's earlier nights and the anchors
+    (trained once per distinct input in this process: KS_NIGHTS)."""
     from lmsleep.ks.consolidate import consolidate_memories
 
     replay, anchors = _ks_inputs(cfg, history)
-    return consolidate_memories(model, tokenizer, memories, cfg, replay=replay, anchors=anchors)
+    key = KS_NIGHTS.key(model, memories, cfg, replay, anchors)
+    restored = KS_NIGHTS.get(key, model)
+    if restored is not None:
+        print("bench: this KS night was trained earlier in this run with the same inputs; its state is restored")
+        return restored
+    cms, losses, stats = consolidate_memories(model, tokenizer, memories, cfg, replay=replay, anchors=anchors)
+    KS_NIGHTS.put(key, cms, losses, stats)
+    return cms, losses, stats
 
 
 def _ks_stats(stats: dict[str, Any], cfg: SeedConfig, receiver: str) -> dict[str, Any]:
