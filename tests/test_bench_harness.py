@@ -128,7 +128,7 @@ def test_quality_limited_run(ws, monkeypatch):
         for role in ("before", "sft", "ks", "ceiling"):
             assert set(s[role]) == {"mean", "ci95", "per_seed", "ci_method", "ci95_probes_seed0"}
         assert "gap_closed_by_ks" in s and "ks_beats_sft_beyond_intervals" in s and "target_met" in s
-    assert "Issue 3" in (out / "seed_quality.md").read_text()
+    assert "Issue 3" in (out / "seed_quality.md").read_text() and "token F1 >= " in (out / "seed_quality.md").read_text()
     assert_no_probe_leak(out, "seed_quality", {"sft", "sleep_ks"})
 
 

@@ -71,6 +71,7 @@ class Benchmark(abc.ABC):
     result_name = ""  # file stem of the outputs; "" = name
     sequential = False
     default_methods: tuple[str, ...] = ("base", "icl", "sft", "sleep_ks")
+    grading_note = ""  # how `grade` decides, for the Markdown table; "" = the evaluate stage's contains-or-F1 rule
 
     @abc.abstractmethod
     def load(self, limit: int | None) -> list[Task]:
@@ -227,7 +228,7 @@ def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int 
             "tasks": [{"name": t.name, "group": t.group, "memories": len(t.memories), "probes": probes[t.name]}
                       for t in tasks],
             "seed_config": params.to_dict()["seed"], "evaluate_config": params.to_dict()["evaluate"],
-            "reference_perplexity_base": base_ppl}
+            "reference_perplexity_base": base_ppl, "grading_note": bench.grading_note}
     out = Path(ws.resolve(str(out_dir)))
     for seed in range(seeds):
         for method in chosen:

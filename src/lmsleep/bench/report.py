@@ -49,8 +49,8 @@ def markdown(result: dict[str, Any], stem: str, headline_lines: list[str]) -> st
     ci_methods = sorted({e["accuracy"]["ci_method"] for g in result["aggregate"].values() for e in g.values()
                          if e["accuracy"]["ci_method"]})
     lines += ["", f"Intervals: 95%, {'; '.join(ci_methods) or 'none'} (lmsleep.bench.metrics). Gap closed = (method "
-              "- base) / (icl - base) on means. Correct = expected answer contained, or token F1 >= "
-              f"{result['evaluate_config']['f1_threshold']} (lmsleep.grading). Perplexity: reference text, base "
+              "- base) / (icl - base) on means. " + (result.get("grading_note") or "Correct = expected answer contained, or "
+              f"token F1 >= {result['evaluate_config']['f1_threshold']} (lmsleep.grading).") + " Perplexity: reference text, base "
               f"{result['reference_perplexity_base']:.2f}.", ""]
     if result.get("retention"):
         lines += ["## Retention (sequential)", "", "| method | ACC | BWT | FWT | forgetting | perplexity drift |",
