@@ -128,6 +128,14 @@ class SeedConfig:
     ks_teacher_cache: bool = _f(True, "ks: keep the teacher's samples and log-probs in data/nights/<night>/"
                                       "teacher_cache.safetensors (DVC-tracked); a rerun or sweep with the same key "
                                       "skips question writing, teacher sampling and scoring")
+    ks_sender: str = _f("context", "ks: what sends the day's knowledge into tonight's expert: context (the memory in "
+                                   "the teacher's prompt; lmsleep.ks.consolidate) | fast_level (the day read awake by "
+                                   "test-time training of a fast level, which is then consolidated and reset; "
+                                   "lmsleep.ks.awake)")
+    ks_fast_chunk_tokens: int = _f(32, "ks fast_level: one awake test-time-training step every this many tokens (C)")
+    ks_fast_lr: float = _f(1e-3, "ks fast_level: AdamW learning rate of the awake fast-level expert")
+    ks_fast_passes: int = _f(4, "ks fast_level: times the day's memories are read awake (a serving process reads "
+                                "each once; the stage has the whole day)")
 
 
 DREAM_KINDS = ("qa", "restatement", "implication", "continuation")

@@ -30,6 +30,7 @@ from lmsleep.memory import read_json, read_jsonl, training_text, write_json, wri
 from lmsleep.models import count_parameters, load_lineage
 
 METHODS = ("sft", "ks")
+KS_SENDERS = ("context", "fast_level")  # lmsleep.ks.consolidate | lmsleep.ks.awake
 
 
 def training_examples(memories: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -100,6 +101,8 @@ def consolidate(ws: Workspace, params: Params, memories: list[dict[str, Any]]) -
     night, cfg = params.night.id, params.seed
     if cfg.method not in METHODS:
         raise ValueError(f"seed.method '{cfg.method}' is not one of {METHODS}")
+    if cfg.method == "ks" and cfg.ks_sender not in KS_SENDERS:
+        raise ValueError(f"seed.ks_sender '{cfg.ks_sender}' is not one of {KS_SENDERS}")
     out_dir = ws.night_model(night)
     parent = registry.champion(ws, params.prepare_model)
     if night in parent["nights"]:
@@ -174,9 +177,17 @@ def _consolidate_ks(ws, params, parent, memories, model, tokenizer) -> dict[str,
     cfg = params.seed
     anchors = read_anchor_prompts(ws.resolve(cfg.ks_anchor_file) if cfg.ks_anchor_file else "",
                                   cfg.ks_anchor_prompts, cfg.seed)
-    cms, losses, stats = consolidate_memories(model, tokenizer, memories, cfg, replay=replay, teacher_cache=cache,
-                                              teacher_id=teacher_id, anchors=anchors)
-    summary = {"night": night, "method": "ks", "memories": len(memories), "steps": len(losses), "processes": world,
+    if cfg.ks_sender == "fast_level":
+        if world > 1:
+            raise ValueError("seed.ks_sender 'fast_level' trains in one process: unset seed.accelerate_config")
+        from lmsleep.ks.awake import seed_through_fast_level
+
+        cms, losses, stats = seed_through_fast_level(model, tokenizer, memories, cfg)
+    else:
+        cms, losses, stats = consolidate_memories(model, tokenizer, memories, cfg, replay=replay, teacher_cache=cache,
+                                                  teacher_id=teacher_id, anchors=anchors)
+    summary = {"night": night, "method": "ks", "sender": cfg.ks_sender, "memories": len(memories),
+               "steps": len(losses), "processes": world,
                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
                "prompts": stats["prompts"], "teacher_samples": stats["teacher_samples"],
                "teacher_cache": stats["teacher_cache"], "seconds": stats["seconds"]}
