@@ -83,3 +83,42 @@ bench-quality: venv
 
 bench-squad: venv
 	$(BIN)/lmsleep bench squad --seeds $(BENCH_SEEDS) --model $(MODEL) $(BENCH_ARGS)
+
+# Issue 5: 30 nights in sequence on a tiny model pretrained here on a synthetic world (cached in models/bench/), the
+# model carried night to night: accuracy matrix R, ACC/BWT/FWT/forgetting (docs/bench/nights.md). --model is unused.
+.PHONY: bench-nights
+bench-nights: venv
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/lmsleep bench nights --seeds $(BENCH_SEEDS) $(BENCH_ARGS)
+
+# bAbI long horizon (issue 5; src/lmsleep/bench/babi.py, docs/bench/babi.md): a tiny word-level model trained on bAbI
+# train (cached in models/bench/), test stories longer than its context streamed through the consolidation chain.
+# Defaults: 3 seeds, ~1 h on 2 CPU cores. Quick look: make bench-babi BENCH_SEEDS=1 BENCH_ARGS="--limit 4"
+.PHONY: bench-babi
+bench-babi: venv
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/lmsleep bench babi --seeds $(BENCH_SEEDS) $(BENCH_ARGS)
+
+# Continual learning of new languages (the paper's Figure 5): Kalamang's night, then Nen's, graded by chrF
+# (src/lmsleep/bench/languages.py, docs/bench/languages.md). LANGUAGES_MODE=sequential|single.
+# Quick look: make bench-languages BENCH_SEEDS=1 BENCH_ARGS="--limit 4"
+LANGUAGES_MODE ?= sequential
+.PHONY: bench-languages bench-arc bench-math
+bench-languages: venv
+	$(BIN)/lmsleep bench languages --seeds $(BENCH_SEEDS) --model $(MODEL) --option mode=$(LANGUAGES_MODE) $(BENCH_ARGS)
+
+# Protocol runners for GPU machines (docs/bench/protocols.md): few-shot ARC on SEAL's subset and the math table.
+# ARC_MODEL / MATH_MODEL: a local HF folder (Llama-3.2-1B-Instruct / Qwen3-8B); MATH_DATA (required) and MATH_EVAL:
+# jsonl files with problem, solution, answer. They run on CPU too, but only a --limit'ed smoke run fits there.
+ARC_MODEL ?= $(MODEL)
+ARC_MAX_NEW_TOKENS ?= 1024
+bench-arc: venv
+	$(BIN)/lmsleep bench arc --seeds $(BENCH_SEEDS) --model $(ARC_MODEL) \
+	  --set evaluate.max_new_tokens=$(ARC_MAX_NEW_TOKENS) $(BENCH_ARGS)
+
+MATH_MODEL ?= $(MODEL)
+MATH_DATA ?=
+MATH_EVAL ?=
+MATH_MAX_NEW_TOKENS ?= 4096
+bench-math: venv
+	@test -n "$(MATH_DATA)" || { echo "bench-math: set MATH_DATA=<jsonl with problem, solution, answer> (the data is not shipped; docs/bench/protocols.md)"; exit 2; }
+	$(BIN)/lmsleep bench math --seeds $(BENCH_SEEDS) --model $(MATH_MODEL) --option data=$(MATH_DATA) \
+	  $(if $(MATH_EVAL),--option eval=$(MATH_EVAL)) --set evaluate.max_new_tokens=$(MATH_MAX_NEW_TOKENS) $(BENCH_ARGS)

@@ -205,7 +205,9 @@ def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int 
     tasks = bench.load(limit)
     if not tasks or not any(probes_of(m) for t in tasks for m in t.memories):
         raise ValueError(f"benchmark {bench.name}: no tasks with probes (limit {limit})")
-    model_dir = bench.base_model(ws, params) or ensure_base_model(ws, params.prepare_model)
+    own = bench.base_model(ws, params)  # a benchmark's own model (e.g. pretrained on its world) or --model
+    model_dir = own or ensure_base_model(ws, params.prepare_model)
+    model_name = params.prepare_model.name if own is None else f"{model_dir.parent.name}/{model_dir.name}"
     reference = bench.reference_text(ws, params) or read_reference(ws, params.evaluate)
     chains = [tasks] if bench.sequential else [[t] for t in tasks]
     started = time.perf_counter()
@@ -217,13 +219,13 @@ def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int 
     probes = {t.name: sum(len(probes_of(m)) for m in t.memories) for t in tasks}
     print(f"bench {bench.name}: {len(tasks)} task(s), {sum(len(t.memories) for t in tasks)} memories, "
           f"{sum(probes.values())} probes, {'sequential' if bench.sequential else 'independent'} nights; methods "
-          f"{[m.name for m in chosen]}; seeds {list(range(seeds))}; model {params.prepare_model.name} "
+          f"{[m.name for m in chosen]}; seeds {list(range(seeds))}; model {model_name} "
           f"({total / 1e6:.1f}M parameters, reference perplexity {base_ppl:.2f}) on "
           f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
 
     records: dict[str, list] = {"steps": [], "scores": [], "answers": [], "train_texts": []}
     meta = {"benchmark": bench.name, "options": dict(vars(bench)), "command": command, "git_commit": _git_commit(),
-            "model": params.prepare_model.name, "parameters": total, "limit": limit,
+            "model": model_name, "parameters": total, "limit": limit,
             "methods": [m.name for m in chosen], "sequential": bench.sequential,
             "tasks": [{"name": t.name, "group": t.group, "memories": len(t.memories), "probes": probes[t.name]}
                       for t in tasks],
