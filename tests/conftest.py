@@ -323,3 +323,14 @@ def dvc_repo(moto_s3: str, tmp_path_factory: pytest.TempPathFactory) -> DvcRepo:
     run_cmd(["git", "add", "-A"], root)
     run_cmd(["git", "commit", "-q", "-m", f"night {night}"], root)
     return DvcRepo(root, moto_s3, bucket, night, repro.stdout + repro.stderr)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core box their spin-waits cost 20x (the bench tests)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from lmsleep.bench import babi
+from lmsleep.bench import babi_data as bdata
 from lmsleep.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 PEOPLE = ["mary", "john", "daniel", "sandra", "yann", "emma"]
 PLACES = ["bathroom", "hallway", "garden", "office", "kitchen", "bedroom"]
@@ -45,37 +48,27 @@ def babi_data(tmp_path_factory):
     return root
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_reader_and_query_forms(tmp_path):
     f = tmp_path / "qa2_two-supporting-facts_train.txt"
     f.write_text("1 Mary moved to the bathroom.\n2 Mary got the football there.\n3 Where is the football? \tbathroom"
                  "\t2 1\n4 John went to the hallway.\n5 Where is John? \thallway\t4\n1 Sandra went to the office.\n"
                  "2 Where is Sandra? \toffice\t1\n")
-    qs = babi.read_questions(f, "qa2")
+    qs = bdata.read_questions(f, "qa2")
     assert [(q.story, q.question, q.answer, q.supports) for q in qs] == [
         (0, "Where is the football?", "bathroom", [1, 0]), (0, "Where is John?", "hallway", [2]),
         (1, "Where is Sandra?", "office", [0])]
     assert qs[1].facts == ["Mary moved to the bathroom.", "Mary got the football there.", "John went to the hallway."]
-    assert babi.cloze_of("Where is the football?") == ["the", "football", "is", "in", "the"]
-    assert babi.question_entity("Where is the football?") == {"football"}
+    assert bdata.cloze_of("Where is the football?") == ["the", "football", "is", "in", "the"]
+    assert bdata.question_entity("Where is the football?") == {"football"}
     with pytest.raises(ValueError, match="where-is"):
-        babi.cloze_of("Where was the football before the kitchen?")
-    assert babi.entities("Mary got the football there.") == {"mary", "football"}
-    assert babi.entities("Mary went back to the garden.") == {"mary"}
-    assert babi.entity_prompts(["Mary got the football there.", "John went to the hallway.", "Mary left it."]) == [
+        bdata.cloze_of("Where was the football before the kitchen?")
+    assert bdata.entities("Mary got the football there.") == {"mary", "football"}
+    assert bdata.entities("Mary went back to the garden.") == {"mary"}
+    assert bdata.entity_prompts(["Mary got the football there.", "John went to the hallway.", "Mary left it."]) == [
         ["|", "mary", "is", "in", "the"], ["|", "the", "football", "is", "in", "the"], ["|", "john", "is", "in", "the"]]
-    assert babi.pack_windows([[1] * 4, [1] * 4, [1] * 3, [1] * 5], 8) == [[0, 1], [2, 3]]
+    assert bdata.pack_windows([[1] * 4, [1] * 4, [1] * 3, [1] * 5], 8) == [[0, 1], [2, 3]]
     # renaming (base training): people, places, objects permuted consistently; the answer follows its place
-    vocab = babi.Vocab(sorted({w for q in qs for x in q.facts + [q.question, q.answer] for w in babi.words(x)}))
+    vocab = bdata.Vocab(sorted({w for q in qs for x in q.facts + [q.question, q.answer] for w in bdata.words(x)}))
     classes = babi.entity_classes(qs, vocab)
     assert [vocab.decode(c) for c in classes] == ["john mary sandra", "bathroom hallway office"]
     example = babi.train_examples(qs[:1], vocab, 24)[0]
@@ -91,20 +84,20 @@ def test_reader_and_query_forms(tmp_path):
 
 
 def test_long_stories_keep_the_supporting_fact_early_and_the_answer_unchanged(babi_data):
-    test = babi.read_questions(babi.task_file(babi_data, "qa1", "test"), "qa1")
-    train = babi.read_questions(babi.task_file(babi_data, "qa1", "train"), "qa1")
-    vocab = babi.Vocab(sorted({w for q in train for s in q.facts + [q.question, q.answer] for w in babi.words(s)}))
-    stories = babi.build_stories(test, vocab, [1, 2, 4], 3, 24, random.Random(0))
+    test = bdata.read_questions(bdata.task_file(babi_data, "qa1", "test"), "qa1")
+    train = bdata.read_questions(bdata.task_file(babi_data, "qa1", "train"), "qa1")
+    vocab = bdata.Vocab(sorted({w for q in train for s in q.facts + [q.question, q.answer] for w in bdata.words(s)}))
+    stories = bdata.build_stories(test, vocab, [1, 2, 4], 3, 24, random.Random(0))
     assert [s.length for s in stories] == [1] * 3 + [2] * 3 + [4] * 3
     assert len({(s.source, s.question) for s in stories}) == 9  # no question reused
     for s in stories:
         assert len(s.windows) == s.length == len(s.window_ids)
         assert all(len(ids) <= 24 for ids in s.window_ids)
-        person = babi.question_entity(s.question).pop()
+        person = bdata.question_entity(s.question).pop()
         mentions = [(w, x) for w, sentences in enumerate(s.windows) for x in sentences
-                    if babi.words(x)[0] == person]
+                    if bdata.words(x)[0] == person]
         assert mentions and all(w == 0 for w, _ in mentions)  # only in window 1 (the head)
-        assert babi.words(mentions[-1][1])[-2] == s.answer  # the last mention still gives the answer
+        assert bdata.words(mentions[-1][1])[-2] == s.answer  # the last mention still gives the answer
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -148,7 +141,7 @@ def test_limited_run_on_a_tiny_model(babi_data, tmp_path, monkeypatch, capsys):
     texts = read_jsonl(out / "babi_train_texts.jsonl")
     assert texts and {t["method"] for t in texts} == {"chain_1", "chain_2", "chain_3"}
     questions = {a["question"] for a in answers}
-    normalised = {" ".join(babi.words(q)) for q in questions}
+    normalised = {" ".join(bdata.words(q)) for q in questions}
     for t in texts:
         assert t["prompt"].endswith("is in the") and t["prompt"].startswith("| ")
         assert not any(q in t["prompt"] or q.lower() in t["prompt"] for q in questions | normalised), t
@@ -170,9 +163,9 @@ def test_real_babi_loader_skips_cleanly_without_shared_data():
         pytest.skip(f"{root / 'babi'} absent (a fresh clone without ../shared/data)")
     for task in ("qa1", "qa2"):
         for split in ("train", "test"):
-            qs = babi.read_questions(babi.task_file(root, task, split), task)
+            qs = bdata.read_questions(bdata.task_file(root, task, split), task)
             assert len(qs) == 1000  # SOURCE.md: every file holds exactly 1,000 questions
-            assert all(babi.cloze_of(q.question) for q in qs) and all(q.supports for q in qs)
-    first = babi.read_questions(babi.task_file(root, "qa1", "train"), "qa1")[0]
+            assert all(bdata.cloze_of(q.question) for q in qs) and all(q.supports for q in qs)
+    first = bdata.read_questions(bdata.task_file(root, "qa1", "train"), "qa1")[0]
     assert (first.question, first.answer, first.facts[first.supports[0]]) == (
         "Where is Mary?", "bathroom", "Mary moved to the bathroom.")

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tinyworld import memory
+from tinyworld import memory, with_canaries
 
 from lmsleep.bench import harness
 from lmsleep.bench.harness import Benchmark, Task
@@ -13,7 +13,8 @@ from lmsleep.bench.quality import QualityBenchmark
 from lmsleep.bench.squad import SquadBenchmark
 from lmsleep.cli import main
 
-CANARY_Q, CANARY_A = "ZQXJ-question-canary", "VWKP-answer-canary"
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 # A night in seconds on the tiny model: one SFT epoch, two KS steps on short samples.
 FAST = ["--set", "seed.epochs=1", "--set", "seed.ks_steps=2", "--set", "seed.ks_max_new_tokens=6",
         "--set", "seed.ks_expert_rank=4", "--set", "seed.ks_prompts_per_memory=2", "--set", "seed.ks_question_share=0.5",
@@ -52,31 +53,6 @@ def shared_data(seal_fixture, monkeypatch):
     seal_passages.cache_clear()
     yield
     seal_passages.cache_clear()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A 0.2M-parameter model gains nothing from threads, and on a busy 2-core box their spin-waits cost 20x."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def with_canaries(load):
-    """Wrap a benchmark's load so every memory also carries a canary probe that must never reach training."""
-
-    def wrapped(self, limit):
-        tasks = load(self, limit)
-        for task in tasks:
-            for i, m in enumerate(task.memories):
-                task.memories[i] = m | {"probes": m["probes"] + [
-                    {"question": f"{CANARY_Q} {m['id']}?", "answer": f"{CANARY_A} {m['id']}"}]}
-        return tasks
-
-    return wrapped
 
 
 def check_outputs(out: Path, stem: str, groups: list[str], methods: list[str]) -> dict:

@@ -15,6 +15,8 @@ from lmsleep.bench.chrf import chrf, corpus_chrf
 from lmsleep.bench.languages import LanguagesBenchmark, build_lessons, probe_leaks, read_dictionary
 from lmsleep.config import load_params, parse_overrides
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 FAST = {"seed.epochs": "1", "seed.ks_steps": "2", "seed.ks_max_new_tokens": "6", "seed.ks_expert_rank": "4",
         "seed.ks_prompts_per_memory": "2", "seed.ks_question_share": "0.5", "evaluate.max_new_tokens": "4"}
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lowres_dictionaria"
@@ -113,16 +115,6 @@ def shared_data(dictionaries, monkeypatch):
     read_dictionary.cache_clear()
     yield
     read_dictionary.cache_clear()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_fixture_dictionary_reads_swapped_rows_and_skips_untranslated(dictionaries):

@@ -8,13 +8,14 @@ import json
 
 import pytest
 import torch
-from tinyworld import memory
+from tinyworld import memory, with_canaries
 
 from lmsleep.bench import methods as bench_methods
 from lmsleep.bench.quality import QualityBenchmark
 from lmsleep.cli import main
 
-CANARY_Q, CANARY_A = "ZQXJ-question-canary", "VWKP-answer-canary"
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 FAST = ["--set", "seed.epochs=1", "--set", "seed.ks_steps=2", "--set", "seed.ks_max_new_tokens=6",
         "--set", "seed.ks_expert_rank=4", "--set", "seed.lora_rank=4", "--set", "seed.ks_prompts_per_memory=2",
         "--set", "seed.ks_question_share=0.5", "--set", "seed.ks_group_size=2", "--set", "evaluate.max_new_tokens=4"]
@@ -29,26 +30,6 @@ NEW = ["opsd", "seal_like", "sleep_ks-expansion", "sleep_ks+lti", "sleep_ks-lti"
 @pytest.fixture(scope="module")
 def ws(make_tiny_workspace):
     return make_tiny_workspace().ws
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def with_canaries(load):
-    def wrapped(self, limit):
-        tasks = load(self, limit)
-        for task in tasks:
-            task.memories = [m | {"probes": m["probes"] + [{"question": f"{CANARY_Q} {m['id']}?",
-                                                            "answer": f"{CANARY_A} {m['id']}"}]}
-                             for m in task.memories]
-        return tasks
-
-    return wrapped
 
 
 def recording_generations(monkeypatch, method: str) -> list[str]:

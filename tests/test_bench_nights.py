@@ -12,21 +12,13 @@ from lmsleep.bench.world import RELATIONS, World
 from lmsleep.config import Workspace, load_params, parse_overrides
 from lmsleep.memory import probes_of
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 # Pretraining in seconds: a 1-layer model, a few steps; the world small.
 TINY = {"nights": 3, "facts_per_night": 4, "facts_per_memory": 2, "pretrain_steps": 6, "pretrain_hidden": 32,
         "pretrain_layers": 1, "pretrain_heads": 2, "pretrain_vocab": 400, "pretrain_batch": 4, "pretrain_people": 8}
 FAST = ["seed.epochs=1", "seed.ks_steps=2", "seed.ks_max_new_tokens=6", "seed.ks_expert_rank=4",
         "seed.ks_prompts_per_memory=2", "seed.ks_question_share=0.5", "seed.lora_rank=4", "evaluate.max_new_tokens=4"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -14,19 +14,11 @@ from lmsleep.bench.math import MathBenchmark, answers_match, final_answer, last_
 from lmsleep.cli import main
 from lmsleep.config import Params, load_params, parse_overrides
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 FAST = ["seed.epochs=1", "seed.ks_steps=2", "seed.ks_max_new_tokens=6", "seed.ks_expert_rank=4",
         "seed.ks_prompts_per_memory=2", "seed.ks_question_share=0.5", "evaluate.max_new_tokens=4"]
 REAL_ARC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "arc"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

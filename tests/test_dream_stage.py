@@ -6,14 +6,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from tinyworld import memory, tiny_workspace
+from tinyworld import CANARY_A, CANARY_Q, memory, tiny_workspace
 
 from lmsleep import registry
 from lmsleep.memory import read_json, read_jsonl, write_jsonl
 from lmsleep.models import load_lineage
 from lmsleep.stages import dream, seed
-
-CANARY_Q, CANARY_A = "ZQXJ-question-canary", "VWKP-answer-canary"
 
 
 def canary_memories(start=0, n=3):

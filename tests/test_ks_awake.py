@@ -13,16 +13,10 @@ from lmsleep.memory import read_json, write_jsonl
 from lmsleep.models import load_base, load_lineage
 from lmsleep.stages import seed
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 FAST = {"method": "ks", "ks_sender": "fast_level", "ks_steps": 30, "ks_lr": 1e-2, "ks_expert_rank": 4,
         "ks_fast_chunk_tokens": 16, "ks_fast_lr": 1e-2, "ks_fast_passes": 3, "batch_size": 4}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _text_loss(model, tokenizer, text: str) -> float:

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from tinyworld import memory, tiny_workspace
+from tinyworld import CANARY_A, CANARY_Q, memory, tiny_workspace
 
 from lmsleep.ks import consolidate as ks
 from lmsleep.ks import teacher as teacher_side
@@ -13,8 +13,6 @@ from lmsleep.ks.samples import replay_samples
 from lmsleep.memory import read_jsonl, write_jsonl
 from lmsleep.models import load_base, load_lineage
 from lmsleep.stages import seed
-
-CANARY_Q, CANARY_A = "ZQXJ-question-canary", "VWKP-answer-canary"
 
 
 def ks_params(params, **overrides):

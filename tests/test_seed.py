@@ -3,14 +3,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from tinyworld import memory, tiny_workspace
+from tinyworld import CANARY_A, CANARY_Q, memory, tiny_workspace
 
 from lmsleep import registry
 from lmsleep.errors import NightStopped
 from lmsleep.memory import read_jsonl, write_jsonl
 from lmsleep.stages import seed
-
-CANARY_Q, CANARY_A = "ZQXJ-question-canary", "VWKP-answer-canary"
 
 
 @pytest.fixture

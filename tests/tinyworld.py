@@ -9,6 +9,9 @@ from pathlib import Path
 from lmsleep.config import Params, Workspace, render_params_yaml
 from lmsleep.models import build_tiny
 
+# A probe no training text may ever contain (the probe-leak tests look for it in everything trained on).
+CANARY_Q, CANARY_A = "ZQXJ-question-canary", "VWKP-answer-canary"
+
 REFERENCE = (
     "A bicycle turns the push of a rider's legs into motion. The pedals turn a chain ring, the chain pulls the rear "
     "sprocket, and the rear wheel rolls forward. Bread needs flour, water, salt and time; the dough rises while yeast "
@@ -79,3 +82,17 @@ def tiny_workspace(root: Path, cache_dir: Path | None = None, night: str = "n1")
             shutil.copytree(ws.base_model("tiny"), cache_dir / "tiny")
             _TINY_CACHE[key] = cache_dir / "tiny"
     return params, ws
+
+
+def with_canaries(load):
+    """Wrap a benchmark's load so every memory also carries a canary probe that must never reach training."""
+
+    def wrapped(self, limit):
+        tasks = load(self, limit)
+        for task in tasks:
+            task.memories = [m | {"probes": m["probes"] + [{"question": f"{CANARY_Q} {m['id']}?",
+                                                            "answer": f"{CANARY_A} {m['id']}"}]}
+                             for m in task.memories]
+        return tasks
+
+    return wrapped

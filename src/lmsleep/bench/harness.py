@@ -25,7 +25,6 @@ and a W&B run (offline by default: tracking.wandb_mode) with the same numbers.
 
 from __future__ import annotations
 
-import abc
 import copy
 import dataclasses
 import gc
@@ -64,7 +63,7 @@ class Task:
     memories: list[dict[str, Any]]
 
 
-class Benchmark(abc.ABC):
+class Benchmark:
     """The common interface. A module sets BENCHMARK = a subclass instance (its __init__ takes the CLI --option's)."""
 
     name = ""
@@ -73,9 +72,10 @@ class Benchmark(abc.ABC):
     default_methods: tuple[str, ...] = ("base", "icl", "sft", "sleep_ks")
     grading_note = ""  # how `grade` decides, for the Markdown table; "" = the evaluate stage's contains-or-F1 rule
 
-    @abc.abstractmethod
     def load(self, limit: int | None) -> list[Task]:
-        """The benchmark's tasks (memories with probes), the first `limit` memories of each when limit is set."""
+        """The benchmark's tasks (memories with probes), the first `limit` memories of each when limit is set.
+        Every benchmark whose run_benchmark returns None (the harness runs it) overrides this."""
+        raise TypeError(f"benchmark {self.name!r} defines neither load() nor run_benchmark()")
 
     def icl_context(self, row: dict[str, Any], seen: list[str]) -> str | None:
         """The text in context when `icl` is asked a probe: its own memory once its task has been seen, else none."""
