@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lmsleep.bench import babi
+from lmsleep.bench import babi, babi_model
 from lmsleep.bench import babi_data as bdata
 from lmsleep.cli import main
 
@@ -69,13 +69,13 @@ def test_reader_and_query_forms(tmp_path):
     assert bdata.pack_windows([[1] * 4, [1] * 4, [1] * 3, [1] * 5], 8) == [[0, 1], [2, 3]]
     # renaming (base training): people, places, objects permuted consistently; the answer follows its place
     vocab = bdata.Vocab(sorted({w for q in qs for x in q.facts + [q.question, q.answer] for w in bdata.words(x)}))
-    classes = babi.entity_classes(qs, vocab)
+    classes = babi_model.entity_classes(qs, vocab)
     assert [vocab.decode(c) for c in classes] == ["john mary sandra", "bathroom hallway office"]
-    example = babi.train_examples(qs[:1], vocab, 24)[0]
+    example = babi_model.train_examples(qs[:1], vocab, 24)[0]
     rng = random.Random(3)
     seen = set()
     for _ in range(20):
-        context, query, answer = babi.renamed(example, classes, rng)
+        context, query, answer = babi_model.renamed(example, classes, rng)
         text = vocab.decode(context).split()  # "<person> moved to the <place> . <person> got the football there ."
         assert text[0] == text[6] and text[4] == vocab.tokens[answer] and text[1:4] == ["moved", "to", "the"]
         assert vocab.decode(query) == "| where is the football ?"  # objects of one kind only: unchanged
@@ -124,7 +124,7 @@ def test_limited_run_on_a_tiny_model(babi_data, tmp_path, monkeypatch, capsys):
     for length, per in agg.items():
         for method, entry in per.items():
             assert 0.0 <= entry["accuracy"]["mean"] <= 1.0 and entry["probes"] == 2
-            assert entry["accuracy"]["ci_method"] == "t over 2 seeds" and len(entry["accuracy"]["per_seed"]) == 2
+            assert entry["accuracy"]["ci_method"].startswith("t over 2 seeds") and len(entry["accuracy"]["per_seed"]) == 2
     assert set(result["by_levels"]) == set(methods) - {"full_context"}
     answers = read_jsonl(out / "babi_answers.jsonl")
     assert len(answers) == 2 * (2 * 5 + 2 * 6)  # seeds x (short stories x 5 methods + long ones x 6)
@@ -148,7 +148,7 @@ def test_limited_run_on_a_tiny_model(babi_data, tmp_path, monkeypatch, capsys):
     # the cached base model is reused: a second run trains nothing
     cached = list((tmp_path / "models" / "bench").glob("babi-*"))
     assert len(cached) == 1 and (cached[0] / "vocab.json").exists()
-    monkeypatch.setattr(babi, "train_base", lambda *a, **k: pytest.fail("the cached model must be reused"))
+    monkeypatch.setattr(babi_model, "train_base", lambda *a, **k: pytest.fail("the cached model must be reused"))
     assert main(args[:3] + ["1"] + args[4:] + ["--methods", "last_window,chain_2"]) == 0
     again = json.loads((out / "babi.json").read_text())
     assert again["methods"] == ["last_window", "chain_2"] and again["base_model"]["path"] == result["base_model"][

@@ -189,7 +189,7 @@ def test_quality_with_dreaming_and_an_ablation(ws, monkeypatch):
     assert_no_probe_leak(out, "seed_quality", set(methods[1:]))
 
 
-def test_a_run_stopped_after_its_first_seed_keeps_that_seed(ws, monkeypatch, tmp_path):
+def test_a_run_stopped_after_its_first_seed_keeps_that_seed(ws, monkeypatch, tmp_path, capsys):
     """Hours-long CPU runs: when seed 1 fails, <stem>.partial.json already holds seed 0's scores and aggregates."""
     real = harness.run_chain
 
@@ -208,6 +208,41 @@ def test_a_run_stopped_after_its_first_seed_keeps_that_seed(ws, monkeypatch, tmp
     assert partial["aggregate"]["demo"]["sft"]["accuracy"]["per_seed"] == [
         next(s["accuracy"] for s in partial["scores"] if s["method"] == "sft")]
     assert not (tmp_path / "seed_quality.json").exists()
+    assert (tmp_path / "seed_quality_answers.partial.jsonl").exists()
+
+    # --resume with other settings refuses and leaves the stopped run as it was
+    before = (tmp_path / "seed_quality.partial.json").read_bytes()
+    assert main(["bench", "quality", "--seeds", "2", "--limit", "1", "--model", "tiny", "--root", str(ws.root),
+                 "--out", str(tmp_path), "--option", "sets=demo", "--methods", "base", *FAST, "--resume"]) == 2
+    assert "used other settings (methods)" in capsys.readouterr().err
+    assert (tmp_path / "seed_quality.partial.json").read_bytes() == before
+
+    # --resume runs seed 1 only, and gives what an uninterrupted run gives
+    monkeypatch.setattr(harness, "run_chain", real)
+    ran = []
+    monkeypatch.setattr(harness, "run_chain", lambda bench, method, chain, seed, *a: (
+        ran.append((method.name, seed)), real(bench, method, chain, seed, *a))[1])
+    args = ["bench", "quality", "--seeds", "2", "--limit", "1", "--model", "tiny", "--root", str(ws.root),
+            "--option", "sets=demo", "--methods", "base,sft", *FAST]
+    assert main([*args, "--out", str(tmp_path), "--resume"]) == 0
+    assert ran == [("sft", 1)]  # base is deterministic: seed 0's records stand for seed 1
+    resumed = json.loads((tmp_path / "seed_quality.json").read_text())
+    assert resumed["seeds"] == [0, 1] and resumed["resumed"]["from_seeds"] == [0]
+    assert resumed["resumed"]["records_missing"] == []
+    assert not list(tmp_path.glob("*.partial.*"))
+    main([*args, "--out", str(tmp_path / "straight")])
+    straight = json.loads((tmp_path / "straight" / "seed_quality.json").read_text())
+    key = lambda s: (s["seed"], s["method"], s["task"])  # noqa: E731
+    assert sorted(resumed["scores"], key=key) == sorted(straight["scores"], key=key)
+    assert resumed["aggregate"] == straight["aggregate"]
+    answers = [json.loads(line) for line in (tmp_path / "seed_quality_answers.jsonl").read_text().splitlines()]
+    assert {(a["seed"], a["method"]) for a in answers} == {(0, "base"), (0, "sft"), (1, "base"), (1, "sft")}
+
+
+def test_resume_without_a_stopped_run_says_so(ws, tmp_path, capsys):
+    assert main(["bench", "quality", "--seeds", "2", "--limit", "1", "--model", "tiny", "--root", str(ws.root),
+                 "--out", str(tmp_path), "--option", "sets=demo", "--methods", "base", *FAST, "--resume"]) == 2
+    assert "there is no stopped run" in capsys.readouterr().err
 
 
 def test_a_finished_run_removes_its_partial_file(ws, tmp_path):

@@ -64,6 +64,20 @@ def test_seed_interval_is_a_t_interval_over_seeds():
     assert metrics.seed_interval([0.3, 0.3, 0.3])["ci95"] == pytest.approx([0.3, 0.3])
 
 
+def test_seed_interval_is_clipped_to_the_quantity_s_range():
+    """babi's 83.3% [58.2, 108.4]: an accuracy's interval stops at 100%, a difference's at -100%."""
+    values = [0.6, 1.0, 0.9]
+    free = metrics.seed_interval(values)
+    assert free["ci95"][1] > 1.0
+    clipped = metrics.seed_interval(values, bounds=metrics.UNIT)
+    assert clipped["ci95"] == pytest.approx([free["ci95"][0], 1.0])
+    assert clipped["ci_method"] == "t over 3 seeds, clipped to [0, 1]"
+    assert metrics.seed_interval([0.4, 0.41, 0.42], bounds=metrics.UNIT)["ci_method"] == "t over 3 seeds"  # inside: as is
+    assert clipped["mean"] == free["mean"]
+    low = metrics.seed_interval([-0.9, -1.0, -0.5], bounds=metrics.SIGNED_UNIT)["ci95"]
+    assert low[0] == -1.0 and low[1] < 0
+
+
 def test_seed_interval_with_one_seed_falls_back_to_wilson_over_probes_or_none():
     one = metrics.seed_interval([0.5], [True] * 5 + [False] * 5)
     assert one["ci95"] == pytest.approx([0.2366, 0.7634], abs=1e-4) and one["ci_method"].startswith("Wilson")

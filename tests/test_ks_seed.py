@@ -239,6 +239,71 @@ def test_completion_logits_are_the_full_forward_logits_that_predict_y():
                 assert torch.allclose(g, full[len(p) - 1 : len(p) + len(y) - 1], atol=1e-5)
 
 
+def test_generation_calls_are_capped_by_sequences_and_tokens(monkeypatch):
+    """A night of long memories must not put 16 prompts x n samples x a whole passage in one KV cache."""
+    from lmsleep.ks import rollout
+
+    assert rollout.prompts_per_call([[1] * 10] * 40, n=1, max_new_tokens=6) == 16
+    assert rollout.prompts_per_call([[1] * 10] * 40, n=3, max_new_tokens=6) == 5  # 16 sequences // 3
+    assert rollout.prompts_per_call([[1] * 200] * 40, n=3, max_new_tokens=32) == 4096 // (3 * 232)
+    assert rollout.prompts_per_call([[1] * 5000], n=4, max_new_tokens=32) == 1  # never zero
+
+    from test_cms import tiny_model
+
+    model = tiny_model("llama")
+    widths = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: (widths.append(kw["input_ids"].shape[0]), real(**kw))[1])
+    monkeypatch.setattr(rollout, "GENERATION_TOKENS", 3 * 2 * (12 + 3))  # two prompts of 12 tokens, n 3, 3 new
+    tokenizer = type("T", (), {"pad_token_id": 2, "eos_token_id": 1, "convert_tokens_to_ids": lambda self, t: None})()
+    prompts = [[5 + i] * 12 for i in range(5)]
+    out = rollout.sample_completions(model, tokenizer, prompts, temperature=0.7, max_new_tokens=3, n=3)
+    assert widths == [2, 2, 1] and len(out) == 15
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_checkpointed_layers_give_the_same_gradients_and_recompute_in_backward(arch):
+    """ks_activation_checkpointing: the expert's gradients equal the stored-activation ones, every layer's MLP runs
+    again in the backward pass (the recompute, so activations were not kept), and the layers are restored after."""
+    from test_cms import VOCAB, tiny_model
+
+    from lmsleep.cms import CMSConfig, LevelSpec, wrap_model
+    from lmsleep.cms.experts import decoder_layers
+    from lmsleep.ks.rollout import checkpointed_layers, completion_logits
+
+    cms = wrap_model(tiny_model(arch, layers=3), CMSConfig(levels=[LevelSpec(name="night", pool_size=2, rank=2)],
+                                                          router="topk", top_k=1))
+    index = cms.activate_expert("night")
+    with torch.no_grad():
+        for pool in cms.level("night").pools.values():
+            pool.B[index].normal_()
+    params = cms.trainable_expert("night", index)
+    rows = [([5, 6, 7, 8, 9], [11, 12, 13]), ([5, 6], [11, 12, 13, 14])]
+    weights = torch.randn(7, VOCAB, generator=torch.Generator().manual_seed(1))
+    calls = []
+    # a pre-hook: the recompute stops once the tensors backward needs exist (before an MLP forward hook would run)
+    handles = [layer.mlp.register_forward_pre_hook(lambda *a: calls.append(1)) for layer in decoder_layers(cms.base)]
+
+    def grads(checkpointing: bool):
+        calls.clear()
+        for p in params:
+            p.grad = None
+        with torch.enable_grad():
+            with checkpointed_layers(cms, checkpointing):
+                logits = torch.cat(completion_logits(cms, rows, pad_id=0))
+            (logits * weights).sum().backward()
+        return [p.grad.clone() for p in params], len(calls)
+
+    kept, kept_calls = grads(False)
+    recomputed, recomputed_calls = grads(True)
+    for h in handles:
+        h.remove()
+    assert kept_calls == 3 and recomputed_calls == 6
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(kept, recomputed))
+    assert any(g.abs().sum() > 0 for g in kept)
+    assert all("forward" not in layer.__dict__ for layer in decoder_layers(cms.base))
+
+
 def test_teacher_top_k_keeps_k_log_probs_per_token_and_the_loss_falls(night):
     params, ws = night
     params.seed.ks_lambda = 0.0

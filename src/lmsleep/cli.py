@@ -168,7 +168,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     bench = get_benchmark(args.name, **options)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     run(bench, params, ws, seeds=args.seeds, limit=args.limit, methods=methods, out_dir=args.out,
-        command=" ".join(["lmsleep", *args.argv]))
+        command=" ".join(["lmsleep", *args.argv]), resume=args.resume)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="smollm2 | tiny | a local HF folder (prepare_model.name)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a params value, e.g. --set seed.ks_steps=60 (repeatable)")
+    p.add_argument("--resume", action="store_true",
+                   help="go on from the seeds a stopped run with the same settings finished in --out")
     p.set_defaults(func=cmd_bench, night=None, inbox=None)
     for name, func, help_text in (("status", cmd_status, "nights, champion and pending inbox"),
                                   ("rollback", cmd_rollback, "restore the previous champion"),
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     except NightStopped as stop:
         print(f"night stopped: {stop}", file=sys.stderr)
         return 3
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:  # bad input: a clear message, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

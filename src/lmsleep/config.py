@@ -128,6 +128,9 @@ class SeedConfig:
     ks_teacher_cache: bool = _f(True, "ks: keep the teacher's samples and log-probs in data/nights/<night>/"
                                       "teacher_cache.safetensors (DVC-tracked); a rerun or sweep with the same key "
                                       "skips question writing, teacher sampling and scoring")
+    ks_activation_checkpointing: bool = _f(True, "ks: recompute each decoder layer in the student's backward pass "
+                                                "instead of keeping its activations (same gradients; less memory, "
+                                                "about one more forward of the student per step)")
     ks_sender: str = _f("context", "ks: what sends the day's knowledge into tonight's expert: context (the memory in "
                                    "the teacher's prompt; lmsleep.ks.consolidate) | fast_level (the day read awake by "
                                    "test-time training of a fast level, which is then consolidated and reset; "

@@ -191,13 +191,16 @@ def _git_commit() -> str | None:
 
 def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int | None = None,
         methods: list[str] | None = None, out_dir: str | Path = "bench/results",
-        command: str | None = None) -> dict[str, Any]:
-    """Run every seed x method x chain, write the outputs, return the result dict (what <stem>.json holds)."""
-    from lmsleep.bench import report
+        command: str | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run every seed x method x chain, write the outputs, return the result dict (what <stem>.json holds).
+    `resume`: go on from the seeds a stopped run of the same settings finished (lmsleep.bench.partial)."""
+    from lmsleep.bench import partial, report
     from lmsleep.tracking import stage_run
 
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if resume and type(bench).run_benchmark is not Benchmark.run_benchmark:
+        raise ValueError(f"--resume: benchmark {bench.name} runs its own protocol, which cannot resume; rerun it")
     custom = bench.run_benchmark(params, ws, seeds, limit, methods, out_dir, command)
     if custom is not None:
         return custom
@@ -232,7 +235,15 @@ def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int 
             "seed_config": params.to_dict()["seed"], "evaluate_config": params.to_dict()["evaluate"],
             "reference_perplexity_base": base_ppl, "grading_note": bench.grading_note}
     out = Path(ws.resolve(str(out_dir)))
-    for seed in range(seeds):
+    first = 0
+    if resume:
+        records, first, meta["resumed"] = partial.load(out, bench.stem, meta)
+        if first >= seeds:
+            raise ValueError(f"--resume: the stopped run already finished seeds 0..{first - 1}; ask for more --seeds")
+        started -= meta["resumed"]["from_wall_s"]  # wall_s counts both parts
+        print(f"bench {bench.name}: resuming after seeds 0..{first - 1} (from commit "
+              f"{meta['resumed']['from_git_commit']}); missing: {meta['resumed']['records_missing'] or 'nothing'}")
+    for seed in range(first, seeds):
         for method in chosen:
             if not method.trains and seed > 0:  # deterministic: seed 0's records stand for every seed
                 for kind in ("steps", "scores", "answers"):
@@ -242,9 +253,9 @@ def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int 
             for chain in chains:
                 run_chain(bench, method, chain, seed, params, model_dir, reference, records)
         if seed + 1 < seeds:  # a long run stopped early keeps every finished seed
-            partial = _result(bench, meta, tasks, chosen, seed + 1, records, base_ppl, started)
-            write_json(out / f"{bench.stem}.partial.json", partial | {"complete": False})
-            print(f"bench {bench.name}: seeds 0..{seed} done ({partial['wall_s']} s); wrote {bench.stem}.partial.json")
+            so_far = _result(bench, meta, tasks, chosen, seed + 1, records, base_ppl, started)
+            partial.save(out, bench.stem, so_far, records)
+            print(f"bench {bench.name}: seeds 0..{seed} done ({so_far['wall_s']} s); wrote {bench.stem}.partial.json")
 
     result = _result(bench, meta, tasks, chosen, seeds, records, base_ppl, started)
     stem = bench.stem
@@ -255,7 +266,7 @@ def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int 
     (out / f"{stem}.md").write_text(report.markdown(result, stem, bench.headline_markdown(result["headline"])),
                                     encoding="utf-8")
     write_json(out / f"{stem}.json", result)
-    (out / f"{stem}.partial.json").unlink(missing_ok=True)
+    partial.remove(out, stem)
 
     tracked = copy.deepcopy(params)
     tracked.night.id = f"bench-{stem}"
@@ -318,10 +329,10 @@ def aggregate(tasks: list[Task], methods: list[Method], seeds: int, records, bas
             values = per[method.name]
             outcomes = [a["correct"] for a in records["answers"] if a["seed"] == 0 and a["method"] == method.name
                         and a["task"] in names and a["after"] == (tasks[-1].name if sequential else a["task"])]
-            entry = {"accuracy": metrics.seed_interval(values["accuracy"], outcomes),
+            entry = {"accuracy": metrics.seed_interval(values["accuracy"], outcomes, metrics.UNIT),
                      # probe-sampling uncertainty, which seeds do not show (base and icl are the same every seed)
                      "accuracy_ci95_probes_seed0": list(mean_ci95(outcomes, proportion=True)[1:]) if outcomes else None,
-                     "f1": metrics.seed_interval(values["f1"]),
+                     "f1": metrics.seed_interval(values["f1"], bounds=metrics.UNIT),
                      "perplexity": metrics.seed_interval(values["perplexity"]),
                      "perplexity_drift": metrics.seed_interval(
                          [None if p is None else p / base_ppl - 1 for p in values["perplexity"]]),
@@ -330,7 +341,7 @@ def aggregate(tasks: list[Task], methods: list[Method], seeds: int, records, bas
             if "base" in per:
                 entry["gain_over_base"] = metrics.seed_interval(
                     [None if a is None or b is None else a - b
-                     for a, b in zip(values["accuracy"], per["base"]["accuracy"])])
+                     for a, b in zip(values["accuracy"], per["base"]["accuracy"])], bounds=metrics.SIGNED_UNIT)
             out[group][method.name] = entry
         for entry in out[group].values():
             base, icl = out[group].get("base"), out[group].get("icl")
@@ -359,7 +370,8 @@ def retention(tasks: list[Task], methods: list[Method], seeds: int, records, bas
         out[method.name] = {
             "R_per_seed": per_seed,
             "R_mean": [[sum(R[i][j] for R in per_seed) / seeds for j in range(len(names))] for i in range(len(names))],
-            **{key: metrics.seed_interval([s[key] for s in scored]) for key in ("acc", "bwt", "fwt", "forgetting")},
+            **{key: metrics.seed_interval([s[key] for s in scored], bounds=metrics.UNIT if key == "acc"
+                                          else metrics.SIGNED_UNIT) for key in ("acc", "bwt", "fwt", "forgetting")},
             "perplexity_drift": metrics.seed_interval(drift),
         }
     return {"tasks": names, "methods": out}

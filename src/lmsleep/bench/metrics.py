@@ -17,7 +17,9 @@ BWT, FWT and forgetting need T >= 2 and are None for a single task (FWT also wit
 Intervals across seeds (`seed_interval`): mean +- t_{0.975, n-1} * s / sqrt(n), Student's t over the per-seed values
 (seeds are few, so not the normal 1.96). With ONE seed there is no spread to measure: the interval is then the Wilson
 score interval over that seed's probes (the evaluate stage's interval, `lmsleep.grading.mean_ci95`) when the
-per-probe outcomes are given, else None. `ci_method` in the result says which was used.
+per-probe outcomes are given, else None. `ci_method` in the result says which was used. A quantity with a range
+(`bounds`: accuracies in [0, 1], differences of accuracies in [-1, 1]) has its t-interval clipped to that range, as
+a symmetric interval around a mean near 0% would otherwise reach below it.
 """
 
 from __future__ import annotations
@@ -92,7 +94,12 @@ def retention_metrics(R: Sequence[Sequence[float]], baseline: Sequence[float] | 
 # ---------------------------------------------------------------- intervals across seeds
 
 
-def seed_interval(values: Sequence[float | None], probe_outcomes: Sequence[bool] | None = None) -> dict[str, Any]:
+UNIT = (0.0, 1.0)  # accuracies, F1
+SIGNED_UNIT = (-1.0, 1.0)  # differences of accuracies: gains, BWT, FWT, forgetting
+
+
+def seed_interval(values: Sequence[float | None], probe_outcomes: Sequence[bool] | None = None,
+                  bounds: tuple[float, float] | None = None) -> dict[str, Any]:
     """{"mean", "ci95", "ci_method", "n_seeds", "per_seed"} of one quantity measured once per seed.
 
     None values (a metric undefined for that seed) are left out; if all are None the mean is None.
@@ -109,7 +116,11 @@ def seed_interval(values: Sequence[float | None], probe_outcomes: Sequence[bool]
     if n >= 2:
         s = math.sqrt(sum((v - mean) ** 2 for v in kept) / (n - 1))
         half = t_quantile_975(n - 1) * s / math.sqrt(n)
-        out["ci95"], out["ci_method"] = [mean - half, mean + half], f"t over {n} seeds"
+        low, high = mean - half, mean + half
+        out["ci95"], out["ci_method"] = [low, high], f"t over {n} seeds"
+        if bounds is not None and (low < bounds[0] or high > bounds[1]):
+            out["ci95"] = [max(low, bounds[0]), min(high, bounds[1])]
+            out["ci_method"] += f", clipped to [{bounds[0]:g}, {bounds[1]:g}]"
     elif probe_outcomes:
         _, low, high = mean_ci95([bool(x) for x in probe_outcomes], proportion=True)
         out["ci95"], out["ci_method"] = [low, high], f"Wilson over {len(probe_outcomes)} probes (1 seed)"

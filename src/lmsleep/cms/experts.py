@@ -161,7 +161,7 @@ class CMSModel(nn.Module):
         if not targets:
             raise ValueError(f"no default CMS targets for architecture {self.architecture!r}: set CMSConfig.targets")
         self.targets = list(targets)
-        layer_list = _decoder_layers(base)
+        layer_list = decoder_layers(base)
         names = {id(m): n for n, m in base.named_modules()}
         self.levels = nn.ModuleDict({spec.name: CMSLevel(spec, cfg.router == "topk") for spec in cfg.levels})
         self.module_names: dict[tuple[int, str], str] = {}  # (layer, proj) -> name inside base (peft keys)
@@ -361,7 +361,7 @@ def _router_clear_hook(entries: list):
     return hook
 
 
-def _decoder_layers(model: nn.Module) -> nn.ModuleList:
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder's layer list (model.model.layers for Llama/Qwen2, transformer.h for GPT-2), found by shape."""
     n = getattr(model.config, "num_hidden_layers", None)
     for module in model.modules():

@@ -54,7 +54,7 @@ from lmsleep.ks import teacher as teacher_side
 from lmsleep.ks.divergence import generalized_distillation_loss
 from lmsleep.ks.imitation import (combined_ks_objective, completion_logprobs, group_normalised_advantages,
                                   imitation_reward, random_prefix_split, reinforce_loss)
-from lmsleep.ks.rollout import completion_logits, sample_completions
+from lmsleep.ks.rollout import checkpointed_layers, completion_logits, sample_completions
 from lmsleep.ks.samples import Sample, build_samples, draw_batch
 
 LEVEL = "night"  # the first (and here only) CMS level: the receiver of tonight's expert
@@ -81,7 +81,8 @@ def _lti_loss(cms, tokenizer, samples: list[Sample], cfg, rng: random.Random, ju
     advantages = group_normalised_advantages(rewards[None])[0]
     if not advantages.abs().sum() > 0:  # a tied group carries no signal: skip its forward pass
         return None, float(rewards.mean())
-    logits = completion_logits(cms, [(prompt, c) for c in completions], tokenizer.pad_token_id)
+    with checkpointed_layers(cms, cfg.ks_activation_checkpointing):
+        logits = completion_logits(cms, [(prompt, c) for c in completions], tokenizer.pad_token_id)
     logps = torch.stack([completion_logprobs(lg[None], torch.tensor([c], device=lg.device),
                                              torch.ones(1, len(c), device=lg.device))[0]
                          for lg, c in zip(logits, completions)])
@@ -117,7 +118,8 @@ def distillation_loss(cms, tokenizer, batch: list[Sample], cfg, level: str, inde
     device = next(cms.base.parameters()).device
     with torch.enable_grad():
         if rows:
-            student = completion_logits(cms, [(s.student_prompt, s.completion) for s in rows], pad)
+            with checkpointed_layers(cms, cfg.ks_activation_checkpointing):
+                student = completion_logits(cms, [(s.student_prompt, s.completion) for s in rows], pad)
             loss = generalized_distillation_loss(teacher_side.teacher_target(rows, device),
                                                  torch.cat(student)[None], None, cfg.ks_divergence, cfg.ks_beta)
         else:  # a batch smaller than the world: this process adds nothing but still joins the gradient sum

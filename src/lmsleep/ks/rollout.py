@@ -8,17 +8,34 @@
 y's tokens (len(prompt)-1 .. len(prompt)+len(y)-2). The prompt is most of every row (the teacher's prompt holds the
 whole memory), and a 49k-vocabulary head over every prompt position would be most of the activation memory of a step
 (and about a fifth of its compute on SmolLM2) for logits nobody reads.
+
+`checkpointed_layers` keeps only each decoder layer's input for the backward pass and recomputes the rest: the
+student's forward with grad holds every layer's activations otherwise (on SmolLM2, about 1.4 MB per token over 30
+layers, the largest part of a KS step's memory; `bench/seed_vs_trl.py` measures it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Sequence
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
+from lmsleep.cms.experts import decoder_layers
 from lmsleep.generation import stop_token_ids
 
-GENERATION_BATCH = 16  # prompts per generate call: decoding on CPU is per-token overhead, wider batches amortise it
+# Sequences per generate call: decoding on CPU is per-token overhead, and wider batches amortise it, but the KV cache
+# grows with sequences x tokens (SmolLM2: 46 KB per token), so a call also holds at most GENERATION_TOKENS tokens.
+GENERATION_BATCH = 16
+GENERATION_TOKENS = 4096
+
+
+def prompts_per_call(prompts: Sequence[Sequence[int]], n: int, max_new_tokens: int) -> int:
+    """How many prompts one generate call takes: n sequences each, within both caps, at least one."""
+    longest = max((len(p) for p in prompts), default=0) + max_new_tokens
+    return max(1, min(GENERATION_BATCH // n, GENERATION_TOKENS // (n * longest)))
 
 
 def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, left: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,8 +67,9 @@ def sample_completions(model, tokenizer, prompts: Sequence[Sequence[int]], tempe
     device = next(model.parameters()).device
     out: list[list[int]] = []
     with torch.no_grad():
-        for start in range(0, len(prompts), GENERATION_BATCH):
-            ids, mask = pad_rows(prompts[start : start + GENERATION_BATCH], tokenizer.pad_token_id, True, device)
+        per_call = prompts_per_call(prompts, n, max_new_tokens)
+        for start in range(0, len(prompts), per_call):
+            ids, mask = pad_rows(prompts[start : start + per_call], tokenizer.pad_token_id, True, device)
             new = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)[:, ids.shape[1] :]
             for row in new.tolist():
                 cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
@@ -80,11 +98,44 @@ def completion_logits(model, rows: Sequence[tuple[Sequence[int], Sequence[int]]]
     if prefix is not None:
         mask = torch.cat([torch.ones((len(rows), skip), dtype=mask.dtype, device=device), mask], dim=1)
         extra = {"cache": prefix.expanded(len(rows)), "use_cache": True}
-    hidden = lm.base_model(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
+    # no KV cache without a prefix: nothing reads it, and a checkpointed layer would append to it twice
+    hidden = lm.base_model(input_ids=ids, attention_mask=mask, **(extra or {"use_cache": False})).last_hidden_state
     at_row = torch.cat([torch.full((len(y),), i, dtype=torch.long) for i, (_, y) in enumerate(rows)])
     at_pos = torch.cat([torch.arange(len(p) - skip - 1, len(p) - skip + len(y) - 1) for p, y in rows])
     logits = lm.get_output_embeddings()(hidden[at_row.to(device), at_pos.to(device)])
     return list(logits.split([len(y) for _, y in rows]))
+
+
+@contextmanager
+def checkpointed_layers(model, enabled: bool = True) -> Iterator[None]:
+    """Within: while grad is on, every decoder layer of `model` (a CMSModel or an HF causal LM) saves only its inputs
+    and is recomputed in the backward pass (torch's non-reentrant checkpoint), expert hooks included; gradients are
+    unchanged. Outside, or with grad off (sampling, the teacher), the layers run as usual.
+
+    A layer must not write state that a second run would duplicate: the callers pass use_cache=False."""
+    if not enabled:
+        yield
+        return
+    layers = list(decoder_layers(_causal_lm(model)))
+    saved = [layer.__dict__.get("forward") for layer in layers]  # an instance-level forward (a hook's) is kept
+
+    def wrap(forward):
+        def run(*args, **kwargs):
+            if not torch.is_grad_enabled():
+                return forward(*args, **kwargs)
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return run
+
+    for layer in layers:
+        layer.forward = wrap(layer.forward)
+    try:
+        yield
+    finally:
+        for layer, forward in zip(layers, saved):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward
 
 
 class PrefixKV:

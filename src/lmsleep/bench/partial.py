@@ -1,0 +1,81 @@
+"""A long benchmark run keeps every finished seed, and `--resume` goes on from them.
+
+After each finished seed (but the last) the harness writes, in its --out folder:
+  <stem>.partial.json              the result over the finished seeds (complete: false), as <stem>.json would hold it
+  <stem>_answers.partial.jsonl     every probe's prediction so far (the probe-level intervals need seed 0's)
+  <stem>_train_texts.partial.jsonl everything trained on so far
+and removes all three when the run completes.
+
+`lmsleep bench ... --resume` reloads them and runs only the seeds not yet done. It refuses (and changes nothing) when
+the partial run was made with other settings: a result must never mix two experiments. Keys that exist on one side
+only (params fields added to the code since) are allowed and listed in the result's `resumed` record, together with
+the commit each part ran at.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lmsleep.memory import read_jsonl, write_json, write_jsonl
+
+# What must be equal for two runs to be one experiment (the git commit may differ: it is recorded instead).
+SAME = ("benchmark", "options", "model", "limit", "methods", "sequential", "tasks")
+SAME_SECTIONS = ("seed_config", "evaluate_config")
+RECORDS = ("answers", "train_texts")
+
+
+def paths(out: Path, stem: str) -> dict[str, Path]:
+    return {"result": out / f"{stem}.partial.json",
+            **{kind: out / f"{stem}_{kind}.partial.jsonl" for kind in RECORDS}}
+
+
+def save(out: Path, stem: str, result: dict[str, Any], records: dict[str, list]) -> None:
+    """The finished seeds' result and records; the JSON goes last, so a crash in between leaves the old pair."""
+    where = paths(out, stem)
+    for kind in RECORDS:
+        write_jsonl(where[kind], [r for r in records[kind] if r["seed"] in result["seeds"]])
+    write_json(where["result"], result | {"complete": False})
+
+
+def remove(out: Path, stem: str) -> None:
+    for path in paths(out, stem).values():
+        path.unlink(missing_ok=True)
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(keys whose values differ, keys present on one side only), over SAME and the params sections."""
+    differ = [key for key in SAME if json.dumps(old.get(key), sort_keys=True) != json.dumps(new.get(key), sort_keys=True)]
+    a, b = old.get("reference_perplexity_base"), new.get("reference_perplexity_base")
+    if a is None or b is None or abs(a - b) > 1e-3 * abs(b):  # another base model (thread counts move the last bits)
+        differ.append("reference_perplexity_base")
+    one_side = []
+    for section in SAME_SECTIONS:
+        a, b = old.get(section) or {}, new.get(section) or {}
+        differ += [f"{section}.{k}" for k in sorted(a.keys() & b.keys()) if a[k] != b[k]]
+        one_side += [f"{section}.{k}" for k in sorted(a.keys() ^ b.keys())]
+    return differ, one_side
+
+
+def load(out: Path, stem: str, meta: dict[str, Any]) -> tuple[dict[str, list], int, dict[str, Any]]:
+    """(records, number of finished seeds, the `resumed` record) of the partial run in `out`; raises if it is not
+    the same experiment as `meta` (this run's settings)."""
+    where = paths(out, stem)
+    if not where["result"].exists():
+        raise FileNotFoundError(f"--resume: {where['result']} not found: there is no stopped run of this benchmark "
+                                f"in {out} (a run writes it after each finished seed)")
+    old = json.loads(where["result"].read_text(encoding="utf-8"))
+    differ, one_side = _differences(old, meta)
+    if differ:
+        raise ValueError(f"--resume: the stopped run in {out} used other settings ({', '.join(differ)}); run with "
+                         "the same options, methods, model and params, or use another --out")
+    records: dict[str, list] = {"steps": old["steps"], "scores": old["scores"]}
+    missing = []
+    for kind in RECORDS:
+        records[kind] = read_jsonl(where[kind]) if where[kind].exists() else []
+        if not where[kind].exists():
+            missing.append(where[kind].name)
+    resumed = {"from_seeds": old["seeds"], "from_git_commit": old.get("git_commit"), "from_wall_s": old["wall_s"],
+               "params_keys_on_one_side": one_side, "records_missing": missing}
+    return records, len(old["seeds"]), resumed
