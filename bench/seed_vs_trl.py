@@ -101,7 +101,8 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
                      ks_expert_rank=args.rank, ks_prompts_per_memory=args.prompts_per_memory, ks_lr=LR,
                      ks_question_share=0.5,
                      batch_size=args.batch_size, ks_replay_prompts=0, seed=args.seed, ks_teacher_topk=TOPK,
-                     ks_teacher_cache=False, ks_divergence="jsd", ks_beta=0.5, ks_temperature=TEMPERATURE)
+                     ks_teacher_cache=False, ks_divergence="jsd", ks_beta=0.5, ks_temperature=TEMPERATURE,
+                     ks_activation_checkpointing=args.activation_checkpointing == "on")
     counted = {"tokens": 0}
     real_score = teacher_side.score
 
@@ -150,7 +151,8 @@ def child_trl(args: argparse.Namespace) -> dict[str, Any]:
                              target_modules=["gate_proj", "up_proj", "down_proj"])
     common = dict(max_steps=args.steps, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
                   learning_rate=LR, max_completion_length=args.max_new_tokens, temperature=TEMPERATURE, top_k=0,
-                  top_p=1.0, bf16=False, fp16=False, use_cpu=True, gradient_checkpointing=False, report_to="none",
+                  top_p=1.0, bf16=False, fp16=False, use_cpu=True, report_to="none",
+                  gradient_checkpointing=args.activation_checkpointing == "on",
                   logging_steps=max(1, args.steps), save_strategy="no", seed=args.seed, dataloader_num_workers=0,
                   disable_tqdm=True)
     rows = [{"prompt": [{"role": "user", "content": _student_text(p)}], "privileged_context": p["memory"]}
@@ -205,7 +207,7 @@ def run_child(role: str, args: argparse.Namespace, model_path: Path, extra: list
            "--model-path", str(model_path), "--steps", str(args.steps), "--max-new-tokens", str(args.max_new_tokens),
            "--rank", str(args.rank), "--memories", str(args.memories), "--batch-size", str(args.batch_size),
            "--prompts-per-memory", str(args.prompts_per_memory), "--seed", str(args.seed),
-           "--trl-trainer", args.trl_trainer, *extra]
+           "--trl-trainer", args.trl_trainer, "--activation-checkpointing", args.activation_checkpointing, *extra]
     env = {**os.environ, **OFFLINE}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT / "src"), env.get("PYTHONPATH")]))
     print(f"[{role}] " + " ".join(cmd[2:]), flush=True)
@@ -252,6 +254,7 @@ def bench_model(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {"model": args.model, "steps": args.steps, "max_new_tokens": args.max_new_tokens,
                      "rank": args.rank, "memories": args.memories, "prompts_per_memory": args.prompts_per_memory,
                      "prompts_per_step": args.batch_size, "seed": args.seed, "lambda": 1.0, "beta": 0.5,
+                     "activation_checkpointing": args.activation_checkpointing,
                      "temperature": TEMPERATURE, "learning_rate": LR, "teacher_topk": TOPK, "dtype": "float32", "device": "cpu", "torch_threads": os.cpu_count(),
                      "trl_version": trl_pkg.__version__,
                      "trl_trainer": {"sdft": "trl.experimental.sdft.SDFTTrainer",
@@ -287,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trl-trainer", choices=("sdft", "distillation"), default="sdft",
                    help="TRL's context-distillation SDFTTrainer (same task as ours) or its DistillationTrainer")
+    p.add_argument("--activation-checkpointing", choices=("on", "off"), default="on",
+                   help="both methods: ours' ks_activation_checkpointing (its default, on) and TRL's "
+                        "gradient_checkpointing; results of 'off' are stored under '<model>-no-checkpointing'")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results; other models' entries are kept")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -309,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         except json.JSONDecodeError:
             results = {}
     label = args.model if args.trl_trainer == "sdft" else f"{args.model}+{args.trl_trainer}"
+    label += "-no-checkpointing" if args.activation_checkpointing == "off" else ""
     results.setdefault("models", {})[label] = entry
     results["host"] = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
