@@ -18,13 +18,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 FAST = ["--set", "seed.epochs=1", "--set", "seed.ks_steps=2", "--set", "seed.ks_max_new_tokens=6",
         "--set", "seed.ks_expert_rank=4", "--set", "seed.lora_rank=4", "--set", "seed.ks_prompts_per_memory=2",
-        "--set", "seed.ks_question_share=0.5", "--set", "seed.ks_group_size=2", "--set", "evaluate.max_new_tokens=4"]
+        "--set", "seed.ks_question_share=0.5", "--set", "seed.ks_group_size=2", "--set", "evaluate.max_new_tokens=4",
+        "--set", "seed.ks_fast_chunk_tokens=8", "--set", "seed.ks_fast_passes=1"]
 # SEAL at test size: two self-edits per memory, one trial step, every tried self-edit rewarded (the tiny model's tau
 # never rises on its own), so the writer's ReST-EM step and the final SFT on kept self-edits both run
 SMALL_SEAL = [f"--set=dream.{k}={v}" for k, v in {
     "dreams_per_memory": 2, "max_new_tokens": 12, "tau_questions": 1, "tau_answers": 1, "trial_steps": 1,
     "writer_steps": 1, "reward_margin": -1e9}.items()]
-NEW = ["opsd", "seal_like", "sleep_ks-expansion", "sleep_ks+lti", "sleep_ks-lti", "sleep_ks-semantic_reward"]
+NEW = ["opsd", "seal_like", "sleep_ks-expansion", "sleep_ks+lti", "sleep_ks-lti", "sleep_ks-semantic_reward",
+       "sleep_ks_fast_level"]
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +78,18 @@ def test_new_methods_run_through_the_harness(ws, monkeypatch):
                  for n in NEW if n != "seal_like"}
     assert objective == {"opsd": (1.0, "reverse_kl", 1.0, 0.5), "sleep_ks-expansion": (0.0, "forward_kl", 1.0, 0.5),
                          "sleep_ks+lti": (0.0, "forward_kl", 0.8, 0.5), "sleep_ks-lti": (0.0, "forward_kl", 1.0, 0.5),
-                         "sleep_ks-semantic_reward": (0.0, "forward_kl", 0.8, 0.0)}
+                         "sleep_ks-semantic_reward": (0.0, "forward_kl", 0.8, 0.0),
+                         "sleep_ks_fast_level": (0.0, "forward_kl", 1.0, 0.5)}
     assert [steps[n]["lti_steps"] for n in ("sleep_ks+lti", "sleep_ks-semantic_reward", "sleep_ks-lti", "opsd")] \
         == [2, 2, 0, 0]
     assert steps["sleep_ks+lti"]["judge"] in ("model", "exact-match") and steps["sleep_ks-semantic_reward"]["judge"] \
         is None  # gamma 0: no judge at all
     for name in ("opsd", "sleep_ks-expansion"):
         assert steps[name]["receiver"].startswith("LoRA r=4 on") and steps[name]["trainable"] > 0
-    assert steps["sleep_ks-lti"]["receiver"] == "new CMS expert"
+    assert steps["sleep_ks-lti"]["receiver"] == "new CMS expert" and steps["sleep_ks-lti"]["sender"] == "context"
+    fast = steps["sleep_ks_fast_level"]  # the day was read awake, then consolidated
+    assert fast["sender"] == "fast_level" and fast["receiver"].endswith("from the fast level")
+    assert fast["awake_steps"] > 0 and fast["awake_tokens"] > 0
 
     seal = steps["seal_like"]
     assert seal["made"] == 2 and seal["tested"] == seal["made"] - seal["malformed"] == seal["rewarded"] > 0

@@ -10,7 +10,11 @@ Every trained method calls the project's own consolidators, so a benchmark measu
     sft_replay                 sft with earlier tasks' memory texts mixed in, 1:1 (= sft on a single night)
     context_distill_offpolicy  KS consolidator with ks_lambda=0, ks_divergence=forward_kl, ks_alpha=1: teacher
                                samples only, no on-policy turns, no LTI (classic off-policy context distillation)
-    sleep_ks                   lmsleep.ks.consolidate.consolidate_memories with the params' seed section (ks_*)
+    sleep_ks                   lmsleep.ks.consolidate.consolidate_memories with the params' seed section (ks_*);
+                               with seed.ks_sender=fast_level, lmsleep.ks.awake.seed_through_fast_level, as the
+                               seed stage dispatches
+    sleep_ks_fast_level        sleep_ks with ks_sender=fast_level whatever the params say: the memories read awake
+                               by test-time training of a fast level, which the night consolidates into its expert
     sleep_ks+lti               sleep_ks with Learning to Imitate on: seed.ks_alpha when it is < 1, else 0.8 (the
                                params' default ks_alpha 1.0 has no LTI term, so sleep_ks itself is "without LTI")
     sleep_ks-lti               sleep_ks with the LTI term forced off (ks_alpha = 1); with the default params it IS
@@ -209,7 +213,12 @@ def _ks_night(model, tokenizer, memories, cfg: SeedConfig, history: History):
     if restored is not None:
         print("bench: this KS night was trained earlier in this run with the same inputs; its state is restored")
         return restored
-    cms, losses, stats = consolidate_memories(model, tokenizer, memories, cfg, replay=replay, anchors=anchors)
+    if cfg.ks_sender == "fast_level":  # as the seed stage dispatches (it has no replay or anchors either)
+        from lmsleep.ks.awake import seed_through_fast_level
+
+        cms, losses, stats = seed_through_fast_level(model, tokenizer, memories, cfg)
+    else:
+        cms, losses, stats = consolidate_memories(model, tokenizer, memories, cfg, replay=replay, anchors=anchors)
     KS_NIGHTS.put(key, cms, losses, stats)
     return cms, losses, stats
 
@@ -225,8 +234,15 @@ def consolidate_ks(model, tokenizer, memories, cfg: SeedConfig, history: History
     started = time.perf_counter()
     cms, losses, stats = _ks_night(model, tokenizer, memories, cfg, history)
     train_texts = stats.pop("train_texts")
+    receiver = "new CMS expert" + (" from the fast level" if cfg.ks_sender == "fast_level" else "")
+    extra = {k: stats[k] for k in ("awake_steps", "awake_tokens") if k in stats}
     return Consolidated(fold_cms(cms), train_texts, losses, round(time.perf_counter() - started, 1),
-                        _ks_stats(stats, cfg, "new CMS expert"))
+                        _ks_stats(stats, cfg, receiver) | {"sender": cfg.ks_sender, **extra})
+
+
+def consolidate_ks_fast_level(model, tokenizer, memories, cfg: SeedConfig, history: History) -> Consolidated:
+    cfg = dataclasses.replace(cfg, ks_sender="fast_level")
+    return consolidate_ks(model, tokenizer, memories, cfg, history)
 
 
 def consolidate_offpolicy_distill(model, tokenizer, memories, cfg: SeedConfig, history: History) -> Consolidated:
@@ -318,6 +334,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            consolidate_offpolicy_distill),
     Method("sleep_ks", "Knowledge Seeding into one new expert (seed.method=ks); also the -dream ablation",
            consolidate_ks),
+    Method("sleep_ks_fast_level", "sleep_ks with the fast-level sender: the day read awake by test-time training "
+           "of a fast level, then that level consolidated into the night's expert (seed.ks_sender=fast_level)",
+           consolidate_ks_fast_level),
     Method("sleep_ks+lti", "sleep_ks with Learning to Imitate on (ks_alpha < 1: the params' or 0.8)",
            consolidate_ks_lti),
     Method("sleep_ks-lti", "sleep_ks with the LTI term off (ks_alpha=1; = sleep_ks with the default params)",
