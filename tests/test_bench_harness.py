@@ -239,10 +239,27 @@ def test_a_run_stopped_after_its_first_seed_keeps_that_seed(ws, monkeypatch, tmp
     assert {(a["seed"], a["method"]) for a in answers} == {(0, "base"), (0, "sft"), (1, "base"), (1, "sft")}
 
 
+def test_resume_adds_seeds_to_a_finished_run(ws, monkeypatch, tmp_path):
+    args = ["bench", "quality", "--limit", "1", "--model", "tiny", "--root", str(ws.root), "--out", str(tmp_path),
+            "--option", "sets=demo", "--methods", "base,sft", *FAST]
+    assert main([*args, "--seeds", "1"]) == 0
+    first = json.loads((tmp_path / "seed_quality.json").read_text())
+    real, ran = harness.run_chain, []
+    monkeypatch.setattr(harness, "run_chain", lambda bench, method, chain, seed, *a: (
+        ran.append((method.name, seed)), real(bench, method, chain, seed, *a))[1])
+    assert main([*args, "--seeds", "2", "--resume"]) == 0
+    assert ran == [("sft", 1)]
+    both = json.loads((tmp_path / "seed_quality.json").read_text())
+    assert both["seeds"] == [0, 1] and both["resumed"]["from_seeds"] == [0]
+    assert [s for s in both["scores"] if s["seed"] == 0] == first["scores"]
+    answers = (tmp_path / "seed_quality_answers.jsonl").read_text().splitlines()
+    assert {json.loads(a)["seed"] for a in answers} == {0, 1}
+
+
 def test_resume_without_a_stopped_run_says_so(ws, tmp_path, capsys):
     assert main(["bench", "quality", "--seeds", "2", "--limit", "1", "--model", "tiny", "--root", str(ws.root),
                  "--out", str(tmp_path), "--option", "sets=demo", "--methods", "base", *FAST, "--resume"]) == 2
-    assert "there is no stopped run" in capsys.readouterr().err
+    assert "there is no stopped run of this benchmark there" in capsys.readouterr().err
 
 
 def test_a_finished_run_removes_its_partial_file(ws, tmp_path):

@@ -6,7 +6,8 @@ After each finished seed (but the last) the harness writes, in its --out folder:
   <stem>_train_texts.partial.jsonl everything trained on so far
 and removes all three when the run completes.
 
-`lmsleep bench ... --resume` reloads them and runs only the seeds not yet done. It refuses (and changes nothing) when
+`lmsleep bench ... --resume` reloads them and runs only the seeds not yet done. With no partial run but a finished
+one (<stem>.json, <stem>_answers.jsonl, <stem>_train_texts.jsonl), `--resume --seeds N` adds seeds to it. It refuses (and changes nothing) when
 the partial run was made with other settings: a result must never mix two experiments. Keys that exist on one side
 only (params fields added to the code since) are allowed and listed in the result's `resumed` record, together with
 the commit each part ran at.
@@ -26,9 +27,10 @@ SAME_SECTIONS = ("seed_config", "evaluate_config")
 RECORDS = ("answers", "train_texts")
 
 
-def paths(out: Path, stem: str) -> dict[str, Path]:
-    return {"result": out / f"{stem}.partial.json",
-            **{kind: out / f"{stem}_{kind}.partial.jsonl" for kind in RECORDS}}
+def paths(out: Path, stem: str, finished: bool = False) -> dict[str, Path]:
+    """The partial run's files (or, `finished`, the finished run's)."""
+    tag = "" if finished else ".partial"
+    return {"result": out / f"{stem}{tag}.json", **{kind: out / f"{stem}_{kind}{tag}.jsonl" for kind in RECORDS}}
 
 
 def save(out: Path, stem: str, result: dict[str, Any], records: dict[str, list]) -> None:
@@ -63,8 +65,11 @@ def load(out: Path, stem: str, meta: dict[str, Any]) -> tuple[dict[str, list], i
     the same experiment as `meta` (this run's settings)."""
     where = paths(out, stem)
     if not where["result"].exists():
-        raise FileNotFoundError(f"--resume: {where['result']} not found: there is no stopped run of this benchmark "
-                                f"in {out} (a run writes it after each finished seed)")
+        where = paths(out, stem, finished=True)
+    if not where["result"].exists():
+        raise FileNotFoundError(f"--resume: neither {stem}.partial.json nor {stem}.json is in {out}: there is no "
+                                "stopped run of this benchmark there (a run writes the partial file after each "
+                                "finished seed)")
     old = json.loads(where["result"].read_text(encoding="utf-8"))
     differ, one_side = _differences(old, meta)
     if differ:
