@@ -189,6 +189,18 @@ def test_quality_with_dreaming_and_an_ablation(ws, monkeypatch):
     assert_no_probe_leak(out, "seed_quality", set(methods[1:]))
 
 
+def recording_chains(monkeypatch, real) -> list[tuple[str, int]]:
+    """Runs `real` as the harness's run_chain and returns the list of (method, seed) it is called with."""
+    ran = []
+
+    def run_chain(bench, method, chain, seed, *args):
+        ran.append((method.name, seed))
+        return real(bench, method, chain, seed, *args)
+
+    monkeypatch.setattr(harness, "run_chain", run_chain)
+    return ran
+
+
 def test_a_run_stopped_after_its_first_seed_keeps_that_seed(ws, monkeypatch, tmp_path, capsys):
     """Hours-long CPU runs: when seed 1 fails, <stem>.partial.json already holds seed 0's scores and aggregates."""
     real = harness.run_chain
@@ -218,10 +230,7 @@ def test_a_run_stopped_after_its_first_seed_keeps_that_seed(ws, monkeypatch, tmp
     assert (tmp_path / "seed_quality.partial.json").read_bytes() == before
 
     # --resume runs seed 1 only, and gives what an uninterrupted run gives
-    monkeypatch.setattr(harness, "run_chain", real)
-    ran = []
-    monkeypatch.setattr(harness, "run_chain", lambda bench, method, chain, seed, *a: (
-        ran.append((method.name, seed)), real(bench, method, chain, seed, *a))[1])
+    ran = recording_chains(monkeypatch, real)
     args = ["bench", "quality", "--seeds", "2", "--limit", "1", "--model", "tiny", "--root", str(ws.root),
             "--option", "sets=demo", "--methods", "base,sft", *FAST]
     assert main([*args, "--out", str(tmp_path), "--resume"]) == 0
@@ -244,9 +253,7 @@ def test_resume_adds_seeds_to_a_finished_run(ws, monkeypatch, tmp_path):
             "--option", "sets=demo", "--methods", "base,sft", *FAST]
     assert main([*args, "--seeds", "1"]) == 0
     first = json.loads((tmp_path / "seed_quality.json").read_text())
-    real, ran = harness.run_chain, []
-    monkeypatch.setattr(harness, "run_chain", lambda bench, method, chain, seed, *a: (
-        ran.append((method.name, seed)), real(bench, method, chain, seed, *a))[1])
+    ran = recording_chains(monkeypatch, harness.run_chain)
     assert main([*args, "--seeds", "2", "--resume"]) == 0
     assert ran == [("sft", 1)]
     both = json.loads((tmp_path / "seed_quality.json").read_text())

@@ -205,7 +205,7 @@ KS_NIGHTS = KSNights()
 def _ks_night(model, tokenizer, memories, cfg: SeedConfig, history: History):
     """One KS consolidation as the seed stage runs it: with replay of the chain's earlier nights and the anchors
     (trained once per distinct input in this process: KS_NIGHTS)."""
-    from lmsleep.ks.consolidate import consolidate_memories
+    from lmsleep.ks.awake import consolidate_by_sender
 
     replay, anchors = _ks_inputs(cfg, history)
     key = KS_NIGHTS.key(model, memories, cfg, replay, anchors)
@@ -213,12 +213,7 @@ def _ks_night(model, tokenizer, memories, cfg: SeedConfig, history: History):
     if restored is not None:
         print("bench: this KS night was trained earlier in this run with the same inputs; its state is restored")
         return restored
-    if cfg.ks_sender == "fast_level":  # as the seed stage dispatches (it has no replay or anchors either)
-        from lmsleep.ks.awake import seed_through_fast_level
-
-        cms, losses, stats = seed_through_fast_level(model, tokenizer, memories, cfg)
-    else:
-        cms, losses, stats = consolidate_memories(model, tokenizer, memories, cfg, replay=replay, anchors=anchors)
+    cms, losses, stats = consolidate_by_sender(model, tokenizer, memories, cfg, replay=replay, anchors=anchors)
     KS_NIGHTS.put(key, cms, losses, stats)
     return cms, losses, stats
 

@@ -75,12 +75,10 @@ def load(out: Path, stem: str, meta: dict[str, Any]) -> tuple[dict[str, list], i
     if differ:
         raise ValueError(f"--resume: the stopped run in {out} used other settings ({', '.join(differ)}); run with "
                          "the same options, methods, model and params, or use another --out")
-    records: dict[str, list] = {"steps": old["steps"], "scores": old["scores"]}
-    missing = []
-    for kind in RECORDS:
-        records[kind] = read_jsonl(where[kind]) if where[kind].exists() else []
-        if not where[kind].exists():
-            missing.append(where[kind].name)
+    missing = [where[kind].name for kind in RECORDS if not where[kind].exists()]
+    records: dict[str, list] = {"steps": old["steps"], "scores": old["scores"],
+                                **{kind: [] if where[kind].name in missing else read_jsonl(where[kind])
+                                   for kind in RECORDS}}
     resumed = {"from_seeds": old["seeds"], "from_git_commit": old.get("git_commit"), "from_wall_s": old["wall_s"],
                "params_keys_on_one_side": one_side, "records_missing": missing}
     return records, len(old["seeds"]), resumed

@@ -1,6 +1,7 @@
 """The seed stage with a fast MLP level as the sender (`seed.ks_sender: fast_level`; PAPER §3, the general case).
 
     cms, losses, stats = seed_through_fast_level(model, tokenizer, memories, cfg)   # cfg: lmsleep.config.SeedConfig
+    cms, losses, stats = consolidate_by_sender(model, tokenizer, memories, cfg, replay=...)  # what cfg.ks_sender says
 
 The nightly default sends the day's knowledge from the context (lmsleep.ks.consolidate). Here it travels the other
 path the paper describes: the day is first read "awake" by test-time training of a fast level, then that level is
@@ -30,6 +31,17 @@ from lmsleep.ks.samples import sentences
 from lmsleep.ks.senders import OnlineFastLevelUpdater, consolidate_fast_level
 
 AWAKE, NIGHT = "awake", "night"  # the sender (fast, written while awake) and the receiver of tonight's expert
+
+
+def consolidate_by_sender(model, tokenizer, memories: list[dict[str, Any]], cfg, **context_options):
+    """Tonight's KS night from the sender `cfg.ks_sender` names (the seed stage's and the benchmarks' one dispatch):
+    fast_level -> seed_through_fast_level; context -> lmsleep.ks.consolidate.consolidate_memories with
+    `context_options` (replay, anchors, teacher_cache, teacher_id), which only the context sender reads."""
+    if cfg.ks_sender == "fast_level":
+        return seed_through_fast_level(model, tokenizer, memories, cfg)
+    from lmsleep.ks.consolidate import consolidate_memories
+
+    return consolidate_memories(model, tokenizer, memories, cfg, **context_options)
 
 
 def seed_through_fast_level(model, tokenizer, memories: list[dict[str, Any]], cfg):

@@ -163,7 +163,7 @@ def teacher_cache_dir(ws: Workspace, night: str) -> Path:
 
 def _consolidate_ks(ws, params, parent, memories, model, tokenizer) -> dict[str, Any]:
     from lmsleep.cms import export_peft_adapter
-    from lmsleep.ks.consolidate import consolidate_memories
+    from lmsleep.ks.awake import consolidate_by_sender
     from lmsleep.ks.samples import read_anchor_prompts
 
     night, out_dir = params.night.id, ws.night_model(params.night.id)
@@ -177,15 +177,10 @@ def _consolidate_ks(ws, params, parent, memories, model, tokenizer) -> dict[str,
     cfg = params.seed
     anchors = read_anchor_prompts(ws.resolve(cfg.ks_anchor_file) if cfg.ks_anchor_file else "",
                                   cfg.ks_anchor_prompts, cfg.seed)
-    if cfg.ks_sender == "fast_level":
-        if world > 1:
-            raise ValueError("seed.ks_sender 'fast_level' trains in one process: unset seed.accelerate_config")
-        from lmsleep.ks.awake import seed_through_fast_level
-
-        cms, losses, stats = seed_through_fast_level(model, tokenizer, memories, cfg)
-    else:
-        cms, losses, stats = consolidate_memories(model, tokenizer, memories, cfg, replay=replay, teacher_cache=cache,
-                                                  teacher_id=teacher_id, anchors=anchors)
+    if cfg.ks_sender == "fast_level" and world > 1:
+        raise ValueError("seed.ks_sender 'fast_level' trains in one process: unset seed.accelerate_config")
+    cms, losses, stats = consolidate_by_sender(model, tokenizer, memories, cfg, replay=replay, teacher_cache=cache,
+                                               teacher_id=teacher_id, anchors=anchors)
     summary = {"night": night, "method": "ks", "sender": cfg.ks_sender, "memories": len(memories),
                "steps": len(losses), "processes": world,
                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
