@@ -34,7 +34,8 @@ def test_build_samples_spreads_prompts_over_sentences_and_never_reads_probes(mon
 
     asked = []
 
-    def fake_sample(model, tokenizer, prompts, temperature, max_new_tokens, n=1):
+    def fake_sample(model, tokenizer, prompts, temperature, max_new_tokens, n=1, groups=None):
+        assert groups == (["m1"] * len(prompts))  # every question of a memory shares its prefix
         asked.extend(tokenizer.decode(p) for p in prompts)
         # per prompt: a non-question first, then a question: the first real question of the tries is kept
         return [[ord(c) for c in ("The lamp." if i % n == 0 else "Who keeps the tower lamp?")]

@@ -262,6 +262,48 @@ def test_generation_calls_are_capped_by_sequences_and_tokens(monkeypatch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_prompts_of_one_memory_are_generated_after_its_prefix_read_once(arch):
+    """sample_completions(groups=...): the same greedy completions, the same samples for the same batches and seed,
+    while the shared prefix (the memory) goes through the model once per group instead of once per sequence."""
+    from test_cms import tiny_model
+
+    from lmsleep.cms import CMSConfig, LevelSpec, wrap_model
+    from lmsleep.ks import rollout
+
+    cms = wrap_model(tiny_model(arch), CMSConfig(levels=[LevelSpec(name="night", pool_size=2, rank=2)],
+                                                 router="topk", top_k=1))
+    index = cms.activate_expert("night")
+    with torch.no_grad():  # an active expert that changes outputs: its hooks must act on the prefix pass too
+        for pool in cms.level("night").pools.values():
+            pool.B[index].normal_()
+    tokenizer = type("T", (), {"pad_token_id": 2, "eos_token_id": 1, "convert_tokens_to_ids": lambda self, t: None})()
+    memory = list(range(40, 60))  # 20 tokens no other prompt uses
+    prompts = [memory + [30, 31, 32], memory + [33], [7, 8, 9, 10], memory + [34, 35]]
+    groups = ["m1", "m1", "m2", "m1"]
+    greedy = rollout.sample_completions(cms, tokenizer, prompts, 0.0, 6)
+    assert rollout.sample_completions(cms, tokenizer, prompts, 0.0, 6, groups=groups) == greedy
+
+    same_memory = [prompts[0], prompts[1], prompts[3]]  # one group: the same batches as without groups
+    torch.manual_seed(3)
+    plain = rollout.sample_completions(cms, tokenizer, same_memory, 0.9, 6, n=3)
+    torch.manual_seed(3)
+    shared = rollout.sample_completions(cms, tokenizer, same_memory, 0.9, 6, n=3, groups=[0, 0, 0])
+    assert shared == plain and len(shared) == 9
+
+    embedded = []
+    hook = cms.base.get_input_embeddings().register_forward_pre_hook(
+        lambda module, args: embedded.extend(args[0].flatten().tolist()))
+    for kwargs in ({}, {"groups": [0, 0, 0]}):
+        embedded.clear()
+        rollout.sample_completions(cms, tokenizer, same_memory, 0.9, 1, n=3, **kwargs)  # 1 token: prefill only
+        memory_reads = sum(t in memory for t in embedded)
+        assert memory_reads == (len(memory) * 9 if not kwargs else len(memory))
+    hook.remove()
+    with pytest.raises(ValueError, match="group keys"):
+        rollout.sample_completions(cms, tokenizer, prompts, 0.0, 2, groups=["m1"])
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 def test_checkpointed_layers_give_the_same_gradients_and_recompute_in_backward(arch):
     """ks_activation_checkpointing: the expert's gradients equal the stored-activation ones, every layer's MLP runs
     again in the backward pass (the recompute, so activations were not kept), and the layers are restored after."""

@@ -71,7 +71,8 @@ def build_tasks(dm, memories: list[dict[str, Any]], cfg, rng: random.Random) -> 
     tasks: dict[str, list[TaskItem]] = {str(m["id"]): [] for m in memories}
     with dm.use(None), torch.no_grad():
         written = sample_completions(dm.cms, tok, [encode(tok, messages(question_instruction(s), text))
-                                                   for _, text, s in asks], cfg.temperature, QUESTION_TOKENS)
+                                                   for _, text, s in asks], cfg.temperature, QUESTION_TOKENS,
+                                     groups=[mid for mid, _, _ in asks])
         questions = [(mid, text, clean_question(tok.decode(ids, skip_special_tokens=True)))
                      for (mid, text, _), ids in zip(asks, written)]
         questions = [(mid, text, q) for mid, text, q in questions if q]
@@ -79,7 +80,8 @@ def build_tasks(dm, memories: list[dict[str, Any]], cfg, rng: random.Random) -> 
         greedy = generate_answers(dm.cms.base, tok, in_context, ANSWER_TOKENS, 16, desc="dream/tau answers") \
             if questions else []
         sampled = sample_completions(dm.cms, tok, [encode(tok, chat) for chat in in_context], cfg.temperature,
-                                     ANSWER_TOKENS, n=cfg.tau_answers) if questions and cfg.tau_answers else []
+                                     ANSWER_TOKENS, n=cfg.tau_answers, groups=[mid for mid, _, _ in questions]
+                                     ) if questions and cfg.tau_answers else []
     for i, ((mid, _, q), reference) in enumerate(zip(questions, greedy)):
         if not reference.strip():
             continue

@@ -16,7 +16,7 @@ layers, the largest part of a KS step's memory; `bench/seed_vs_trl.py` measures 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from typing import Sequence
 
@@ -50,9 +50,14 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, left: bool, device) -> 
 
 
 def sample_completions(model, tokenizer, prompts: Sequence[Sequence[int]], temperature: float, max_new_tokens: int,
-                       n: int = 1) -> list[list[int]]:
-    """Sampled completions (token lists, cut after the first stop token), n per prompt; no gradient anywhere.
-    temperature 0 = greedy (n must then be 1)."""
+                       n: int = 1, groups: Sequence[Hashable] | None = None) -> list[list[int]]:
+    """Sampled completions (token lists, cut after the first stop token), n per prompt in prompt order; no gradient
+    anywhere. temperature 0 = greedy (n must then be 1).
+
+    `groups` (one key per prompt, e.g. its memory's id): the prompts of a key, and the n samples of each, are
+    generated after the keys and values of the token prefix they share (the chat header and the memory text),
+    computed ONCE (`PrefixKV`; the model does not change within a call, so this is exact up to float rounding).
+    Without it, every sequence runs the whole memory through the model again in its prefill."""
     from transformers import GenerationConfig
 
     stops = stop_token_ids(model, tokenizer)
@@ -64,17 +69,51 @@ def sample_completions(model, tokenizer, prompts: Sequence[Sequence[int]], tempe
         raise ValueError("greedy decoding (temperature 0) gives one completion per prompt, not n")
     gen = GenerationConfig(**sampling, use_cache=True, max_new_tokens=max_new_tokens, num_return_sequences=n,
                            eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
-    device = next(model.parameters()).device
-    out: list[list[int]] = []
+    per_prompt: dict[int, list[list[int]]] = {}
     with torch.no_grad():
-        per_call = prompts_per_call(prompts, n, max_new_tokens)
-        for start in range(0, len(prompts), per_call):
-            ids, mask = pad_rows(prompts[start : start + per_call], tokenizer.pad_token_id, True, device)
-            new = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)[:, ids.shape[1] :]
-            for row in new.tolist():
-                cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
-                out.append(row[:cut] or [stops[0]])
+        for indices, prefix in _prefix_groups(model, prompts, groups):
+            per_call = prompts_per_call([prompts[i] for i in indices], n, max_new_tokens)
+            for start in range(0, len(indices), per_call):
+                chunk = indices[start : start + per_call]
+                new = _generate(model, [prompts[i] for i in chunk], gen, tokenizer.pad_token_id, n, prefix)
+                for j, row in enumerate(new.tolist()):  # rows come prompt-major: n samples of chunk[0], then ...
+                    cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+                    per_prompt.setdefault(chunk[j // n], []).append(row[:cut] or [stops[0]])
+    return [y for i in range(len(prompts)) for y in per_prompt[i]]
+
+
+MIN_SHARED_PREFIX = 16  # tokens: below this a separate prefix pass costs more than it saves
+
+
+def _prefix_groups(model, prompts: Sequence[Sequence[int]], groups: Sequence[Hashable] | None):
+    """(prompt indices, PrefixKV or None) per group, in order of first appearance; no groups: one plain group."""
+    if groups is None:
+        return [(list(range(len(prompts))), None)]
+    if len(groups) != len(prompts):
+        raise ValueError(f"sample_completions: {len(groups)} group keys for {len(prompts)} prompts")
+    members: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(groups):
+        members.setdefault(key, []).append(i)
+    out = []
+    for indices in members.values():
+        shared = common_prefix([prompts[i] for i in indices])  # a lone prompt shares all but its last token
+        out.append((indices, PrefixKV(model, shared) if len(shared) >= MIN_SHARED_PREFIX else None))
     return out
+
+
+def _generate(model, rows: Sequence[Sequence[int]], gen, pad_id: int, n: int, prefix: "PrefixKV | None"):
+    """One generate call; returns the new tokens [len(rows) * n, new]. With `prefix`, each row is the prefix, then
+    its own tokens left-padded: the padding sits between the two, masked, and the positions (from the attention
+    mask) run on as if it were not there, so the row sees exactly what it would see unpadded."""
+    device = next(model.parameters()).device
+    skip = 0 if prefix is None else len(prefix.tokens)
+    ids, mask = pad_rows([r[skip:] for r in rows], pad_id, True, device)
+    extra = {}
+    if prefix is not None:
+        head = torch.tensor(prefix.tokens, dtype=ids.dtype, device=device).expand(len(rows), -1)
+        ids, mask = torch.cat([head, ids], dim=1), torch.cat([torch.ones_like(head), mask], dim=1)
+        extra["cache"] = prefix.expanded(len(rows) * n)  # generate repeats the rows n times, not a given cache
+    return model.generate(input_ids=ids, attention_mask=mask, generation_config=gen, **extra)[:, ids.shape[1] :]
 
 
 def _causal_lm(model):

@@ -151,7 +151,7 @@ def build_samples(model, tokenizer, memories: list[dict[str, Any]], cfg, rng: ra
     if asks:
         chats = [encode(tokenizer, messages(question_instruction(sentence), text)) for _, text, sentence in asks]
         written = sample_completions(model, tokenizer, chats, cfg.ks_temperature, QUESTION_TOKENS,
-                                     n=QUESTION_TRIES)
+                                     n=QUESTION_TRIES, groups=[mid for mid, _, _ in asks])  # the memory: read once
         for i, (mid, text, _) in enumerate(asks):
             tries = written[i * QUESTION_TRIES : (i + 1) * QUESTION_TRIES]
             q = next(filter(None, (clean_question(tokenizer.decode(t, skip_special_tokens=True)) for t in tries)), None)

@@ -48,8 +48,9 @@ def write_completions(teacher, tokenizer, samples: list[Sample], cfg) -> None:
     todo = [s for s in samples if not s.completion]
     if not todo:
         return
-    for s, y in zip(todo, sample_completions(teacher, tokenizer, [s.teacher_prompt for s in todo],
-                                             cfg.ks_teacher_temperature, cfg.ks_max_new_tokens)):
+    written = sample_completions(teacher, tokenizer, [s.teacher_prompt for s in todo], cfg.ks_teacher_temperature,
+                                 cfg.ks_max_new_tokens, groups=[(s.memory_id, s.source) for s in todo])
+    for s, y in zip(todo, written):  # each memory's text ran through the teacher once (its shared prefix)
         s.completion = y
 
 
