@@ -8,6 +8,7 @@ import torch
 from lmsleep import models
 from lmsleep.config import PrepareModelConfig
 from lmsleep.generation import generate_answers, perplexity, stop_token_ids
+from lmsleep.ks.rollout import common_prefix
 from lmsleep.prompts import encode_prompts, question_messages
 
 CORPUS = [
@@ -65,6 +66,28 @@ def test_batched_generation_equals_unbatched(tiny):
     assert batched == one_by_one
     assert len(batched) == len(messages) and any(batched)  # not trivially equal because empty
     assert not any("Question:" in answer or "assistant" in answer for answer in batched)  # prompt stripped
+
+
+def test_answers_after_a_shared_memory_prefix_equal_plain_answers(tiny):
+    """generate_answers(groups=...) (the evaluate stage's and the benchmarks' in-context answers): every question of a
+    memory is answered after that memory's keys and values, computed once, and the answers are the plain ones."""
+    model, tokenizer = tiny
+    memories = ["Tom had a red ball and Lily had a big dog. " * 4, "The dog ran to the river in the park. " * 3]
+    questions = ["Who had the ball?", "Where?", "What did the big dog do after Lily saw it in the park?"]
+    messages = [question_messages(q, m) for m in memories for q in questions] + [question_messages("Why?")]
+    groups = [m for m in memories for _ in questions] + [None]
+    embedded: list[int] = []
+    hook = model.get_input_embeddings().register_forward_pre_hook(lambda mod, args: embedded.append(args[0].numel()))
+    plain = generate_answers(model, tokenizer, messages, max_new_tokens=12, batch_size=4)
+    plain_tokens, embedded[:] = sum(embedded), []
+    shared = generate_answers(model, tokenizer, messages, max_new_tokens=12, batch_size=4, groups=groups)
+    hook.remove()
+    assert shared == plain and any(shared)
+    rendered = [tokenizer(tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True),
+                          add_special_tokens=False)["input_ids"] for m in messages[:3]]
+    assert embedded[0] == len(common_prefix(rendered))  # the first pass: memory 1's shared prefix alone, once
+    assert embedded[0] > len(tokenizer(memories[0])["input_ids"])
+    assert sum(embedded) < plain_tokens / 2  # the memories are most of each prompt
 
 
 def test_stop_tokens_include_turn_end(tiny):

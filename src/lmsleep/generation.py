@@ -37,9 +37,17 @@ def generate_answers(
     max_new_tokens: int,
     batch_size: int,
     desc: str = "answering",
+    groups: list[Any] | None = None,
 ) -> list[str]:
-    """Greedy answers to chat conversations, `batch_size` at a time; returns only the new text of each, stripped."""
+    """Greedy answers to chat conversations, `batch_size` at a time; returns only the new text of each, stripped.
+
+    `groups` (one key per conversation, e.g. the memory text it carries; `model` a plain HF causal LM): the
+    conversations of a key are answered after the keys and values of their shared token prefix, computed once
+    (lmsleep.ks.rollout.sample_completions): the same greedy answers, without reading the memory once per question."""
     from transformers import GenerationConfig
+
+    if groups is not None:
+        return _answers_after_shared_prefixes(model, tokenizer, message_lists, max_new_tokens, groups, desc)
 
     # An explicit config, so sampling settings shipped with a checkpoint (temperature, top_p...) never apply.
     generation_config = GenerationConfig(
@@ -61,6 +69,18 @@ def generate_answers(
             answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
             progress.update(len(new_tokens))
     return answers
+
+
+def _answers_after_shared_prefixes(model: Any, tokenizer: Any, message_lists: list[list[dict[str, str]]],
+                                   max_new_tokens: int, groups: list[Any], desc: str) -> list[str]:
+    from lmsleep.ks.rollout import sample_completions  # the prefix-sharing generator lives with the KS rollouts
+
+    prompts = [list(tokenizer(tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True),
+                              add_special_tokens=False)["input_ids"]) for m in message_lists]
+    print(f"{desc}: {len(prompts)} prompts in {len(set(groups))} groups sharing their prefix")
+    with torch.inference_mode():
+        answers = sample_completions(model, tokenizer, prompts, 0.0, max_new_tokens, groups=groups)
+    return [tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
 
 
 def perplexity(model: Any, tokenizer: Any, text: str, max_tokens: int) -> float:

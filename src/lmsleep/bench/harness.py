@@ -129,7 +129,8 @@ def _answer(bench: Benchmark, method: Method, model, tokenizer, rows, seen, para
     cfg = params.evaluate
     contexts = [bench.icl_context(r, seen) if method.in_context else None for r in rows]
     messages = [question_messages(r["question"], c) for r, c in zip(rows, contexts)]
-    predictions = generate_answers(model, tokenizer, messages, cfg.max_new_tokens, cfg.batch_size, desc=label)
+    predictions = generate_answers(model, tokenizer, messages, cfg.max_new_tokens, cfg.batch_size, desc=label,
+                                   groups=contexts if method.in_context else None)  # each memory read once
     return [{"task": r["night"], "memory_id": r["memory_id"], "question": r["question"], "answer": r["answer"],
              "in_context": c is not None, "prediction": p, **bench.grade(p, r["answer"], params)}
             for r, c, p in zip(rows, contexts, predictions)]

@@ -77,8 +77,8 @@ def build_tasks(dm, memories: list[dict[str, Any]], cfg, rng: random.Random) -> 
                      for (mid, text, _), ids in zip(asks, written)]
         questions = [(mid, text, q) for mid, text, q in questions if q]
         in_context = [question_messages(q, text) for _, text, q in questions]
-        greedy = generate_answers(dm.cms.base, tok, in_context, ANSWER_TOKENS, 16, desc="dream/tau answers") \
-            if questions else []
+        greedy = generate_answers(dm.cms.base, tok, in_context, ANSWER_TOKENS, 16, desc="dream/tau answers",
+                                  groups=[mid for mid, _, _ in questions]) if questions else []
         sampled = sample_completions(dm.cms, tok, [encode(tok, chat) for chat in in_context], cfg.temperature,
                                      ANSWER_TOKENS, n=cfg.tau_answers, groups=[mid for mid, _, _ in questions]
                                      ) if questions and cfg.tau_answers else []

@@ -87,7 +87,8 @@ def measure(
 
     def answer(rows: list[dict], with_memory: bool, desc: str) -> list[str]:
         messages = [question_messages(r["question"], r["context"] if with_memory else None) for r in rows]
-        return generate_answers(model, tokenizer, messages, cfg.max_new_tokens, cfg.batch_size, desc=f"{label}: {desc}")
+        return generate_answers(model, tokenizer, messages, cfg.max_new_tokens, cfg.batch_size, desc=f"{label}: {desc}",
+                                groups=[r["context"] for r in rows] if with_memory else None)  # each memory read once
 
     # Tonight's and earlier probes share the no-context prompt, so they go through generation as one batch stream.
     no_memory = answer(tonight + retention, False, "no memory")
