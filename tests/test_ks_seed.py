@@ -199,6 +199,31 @@ def test_lambda_one_without_cache_writes_no_teacher_completion_up_front(night, m
     assert "on-policy" in kinds
 
 
+@pytest.mark.parametrize("ks_lambda", [0.0, 0.5])
+def test_memory_prefixes_are_kept_for_the_loop_only_when_it_scores_on_policy_samples(night, monkeypatch, ks_lambda):
+    """The teacher's memory prefixes (46 KB per memory token on SmolLM2) score the up-front samples; a lambda-0 loop
+    never scores again, so it must not hold them all night."""
+    import inspect
+
+    params, ws = night
+    params.seed.ks_lambda = ks_lambda
+    params.seed.ks_teacher_cache = False
+    params.seed.ks_prompts_per_memory, params.seed.ks_question_share = 3, 0.0  # 3 prompts share each memory's prefix
+    up_front, in_loop = [], []
+    real_score, real_loss = teacher_side.score, ks.distillation_loss
+    monkeypatch.setattr(teacher_side, "score", lambda *a, **k: (up_front.append(bool(a[5])), real_score(*a, **k))[1])
+    signature = inspect.signature(real_loss)
+
+    def loss(*args, **kwargs):
+        in_loop.append(bool(signature.bind(*args, **kwargs).arguments.get("prefixes")))
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(ks, "distillation_loss", loss)
+    seed.run(params, ws)
+    assert up_front[0]  # the night's samples were scored after their memory's prefix
+    assert in_loop and all(has == (ks_lambda > 0) for has in in_loop)
+
+
 def test_pure_distillation_loss_falls(night):
     params, ws = night
     params.seed.ks_alpha = 1.0
