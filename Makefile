@@ -71,6 +71,13 @@ bench-seed: venv $(VENV)/.bench-installed
 	$(BIN)/python bench/seed_vs_trl.py --model tiny --steps $(BENCH_SEED_STEPS)
 	$(BIN)/python bench/seed_vs_trl.py --model smollm2 --steps $(BENCH_SEED_SMOLLM2_STEPS) --max-new-tokens 16
 
+# A night's teacher side (questions, completions, scores) with and without each memory's prefix read once per
+# generate group, back to back on SEAL SQuAD passages (bench/teacher_prefix.py). Result: bench/results/teacher_prefix.json.
+BENCH_PREFIX_PASSAGES ?= 5
+.PHONY: bench-teacher-prefix
+bench-teacher-prefix: venv
+	OMP_NUM_THREADS=1 $(BIN)/python bench/teacher_prefix.py --model smollm2 --passages $(BENCH_PREFIX_PASSAGES)
+
 # Benchmarks (`lmsleep bench`, src/lmsleep/bench/): methods x seeds on the same data, graded like the evaluate stage.
 # Results: bench/results/<name>.json (per seed and aggregated: mean, 95% interval), .md table, .png plots; W&B offline.
 # bench-quality is issue 3's (-> seed_quality.json); bench-squad is SEAL's SQuAD protocol (200 passages: hours on CPU).
