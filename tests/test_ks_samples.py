@@ -124,3 +124,23 @@ def test_anchor_prompts_are_general_requests_with_the_model_as_its_own_teacher(t
     assert s.kind == "anchor" and s.source == "anchor" and s.student_prompt == s.teacher_prompt
     reference = (__import__("pathlib").Path(__file__).parents[1] / "data" / "reference.txt").read_text()
     assert not any(p.rstrip("?.") in reference for p in bundled)  # never the perplexity check's text
+
+
+def test_more_phrasings_keep_distinct_questions_of_the_same_tries(monkeypatch):
+    """ks_phrasings_per_question: up to k distinct real questions of the 3 sampled tries per sentence (repeats and
+    non-questions skipped); 1 keeps only the first real question, as before."""
+    import lmsleep.ks.samples as samples
+
+    tries = ["The lamp.", "Who keeps the lamp?", "who keeps the lamp ?", "What does Brannoc keep?"]
+    assert samples.distinct_questions(tries, 1) == ["Who keeps the lamp?"]
+    assert samples.distinct_questions(tries, 3) == ["Who keeps the lamp?", "What does Brannoc keep?"]
+    replies = ["Who keeps the lamp?", "Who keeps the lamp?", "Where is the lighthouse?"]
+    monkeypatch.setattr(samples, "sample_completions", lambda model, tok, prompts, *a, n=1, **k:
+                        [[ord(c) for c in replies[i % n]] for i in range(len(prompts) * n)])
+    text = "Brannoc keeps the lighthouse on Thallis. He paints the tower blue every spring in April."
+    for keep, expected in ((1, 2), (2, 4), (3, 4)):  # 2 asked sentences; 2 distinct questions in their tries
+        cfg = SimpleNamespace(ks_prompts_per_memory=2, ks_question_share=1.0, ks_cloze_share=0.0, ks_temperature=0.7,
+                              ks_phrasings_per_question=keep)
+        built = build_samples(None, FakeTokenizer(), [{"id": "m1", "text": text}], cfg, random.Random(0))
+        assert [s.kind for s in built] == ["question"] * expected
+        assert len({s.prompt_text for s in built}) == min(keep, 2)

@@ -97,6 +97,10 @@ class SeedConfig:
                                        "rest: clozes and sentence completions)")
     ks_cloze_share: float = _f(0.0, "ks: fraction of each memory's prompts that are clozes (a sentence with one name "
                                     "or number blanked out, lmsleep.ks.samples)")
+    ks_phrasings_per_question: int = _f(1, "ks: distinct questions kept per asked sentence, from the 3 the model "
+                                           "samples for it (1 = the first real question; 2-3: the same fact asked "
+                                           "in more ways, with no extra question writing; the memory then gives "
+                                           "more prompts than ks_prompts_per_memory)")
     ks_lambda: float = _f(0.0, "ks: on-policy fraction: probability that y is sampled from the student, not the "
                                "teacher (0: the teacher's own y only; the best of the demo-night settings tried, "
                                "docs/results.md, and the teacher cache then replays the whole night)")

@@ -15,7 +15,8 @@ text tends to come back as the same question, see docs/results.md):
   question      a question the teacher wrote about sentence i of the memory, sampled with the memory in context
                 ("... Write a short question whose answer is a name, place or number in this sentence"), then put
                 to both in the evaluate stage's own format (lmsleep.prompts.question_messages). A "question" without
-                a question mark, or of fewer than three words, is dropped: it teaches nothing.
+                a question mark, or of fewer than three words, is dropped: it teaches nothing. Three tries are
+                sampled per sentence; `ks_phrasings_per_question` of them (distinct ones) are kept, default 1.
   replay        earlier nights' prompts (lmsleep.stages.seed.replay_prompts); student prompt == teacher prompt (no
                 memory): that knowledge is already in the weights and the student must keep it (retention).
   anchor        general requests from data/anchor_prompts.txt (`ks_anchor_prompts` of them), teacher = the model as
@@ -33,6 +34,7 @@ from typing import Any
 
 import torch
 
+from lmsleep.grading import normalize
 from lmsleep.ks.rollout import sample_completions
 from lmsleep.memory import training_text
 from lmsleep.prompts import question_messages
@@ -111,6 +113,19 @@ def clean_question(text: str) -> str | None:
     return line if len(line.split()) >= 3 else None
 
 
+def distinct_questions(tries: list[str], keep: int) -> list[str]:
+    """The first `keep` real questions among the sampled tries, in order, none a repeat of another (after the
+    grader's normalisation)."""
+    kept: list[str] = []
+    for text in tries:
+        q = clean_question(text)
+        if q is not None and normalize(q) not in {normalize(k) for k in kept}:
+            kept.append(q)
+        if len(kept) == keep:
+            break
+    return kept
+
+
 def cloze_spans(sentence: str) -> list[tuple[int, int]]:
     """Where a fact sits in a sentence: runs of capitalised words and numbers, not the sentence's first word."""
     return [(m.start(), m.end()) for m in _FACT.finditer(sentence) if m.start() > 0]
@@ -152,10 +167,10 @@ def build_samples(model, tokenizer, memories: list[dict[str, Any]], cfg, rng: ra
         chats = [encode(tokenizer, messages(question_instruction(sentence), text)) for _, text, sentence in asks]
         written = sample_completions(model, tokenizer, chats, cfg.ks_temperature, QUESTION_TOKENS,
                                      n=QUESTION_TRIES, groups=[mid for mid, _, _ in asks])  # the memory: read once
+        keep = max(1, min(QUESTION_TRIES, getattr(cfg, "ks_phrasings_per_question", 1)))
         for i, (mid, text, _) in enumerate(asks):
             tries = written[i * QUESTION_TRIES : (i + 1) * QUESTION_TRIES]
-            q = next(filter(None, (clean_question(tokenizer.decode(t, skip_special_tokens=True)) for t in tries)), None)
-            if q is not None:
+            for q in distinct_questions([tokenizer.decode(t, skip_special_tokens=True) for t in tries], keep):
                 samples.append(Sample(mid, "question", encode(tokenizer, question_messages(q)),
                                       encode(tokenizer, question_messages(q, text)), q, []))
     return samples + replay_samples(tokenizer, replay or [])
