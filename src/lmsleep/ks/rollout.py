@@ -86,19 +86,19 @@ MIN_SHARED_PREFIX = 16  # tokens: below this a separate prefix pass costs more t
 
 
 def _prefix_groups(model, prompts: Sequence[Sequence[int]], groups: Sequence[Hashable] | None):
-    """(prompt indices, PrefixKV or None) per group, in order of first appearance; no groups: one plain group."""
+    """(prompt indices, PrefixKV or None) per group, in order of first appearance; no groups: one plain group.
+    Lazily: one group's prefix is alive at a time (on SmolLM2 a 250-token memory's keys and values are 11 MB)."""
     if groups is None:
-        return [(list(range(len(prompts))), None)]
+        yield list(range(len(prompts))), None
+        return
     if len(groups) != len(prompts):
         raise ValueError(f"sample_completions: {len(groups)} group keys for {len(prompts)} prompts")
     members: dict[Hashable, list[int]] = {}
     for i, key in enumerate(groups):
         members.setdefault(key, []).append(i)
-    out = []
     for indices in members.values():
         shared = common_prefix([prompts[i] for i in indices])  # a lone prompt shares all but its last token
-        out.append((indices, PrefixKV(model, shared) if len(shared) >= MIN_SHARED_PREFIX else None))
-    return out
+        yield indices, (PrefixKV(model, shared) if len(shared) >= MIN_SHARED_PREFIX else None)
 
 
 def _generate(model, rows: Sequence[Sequence[int]], gen, pad_id: int, n: int, prefix: "PrefixKV | None"):
