@@ -200,14 +200,12 @@ CHILDREN = {"load": child_load, "ours": child_ours, "trl": child_trl}
 # ---------------------------------------------------------------- the parent
 
 
-def run_child(role: str, args: argparse.Namespace, model_path: Path, extra: list[str]) -> dict[str, Any]:
+def run_child_process(script: Path, role: str, argv: list[str]) -> dict[str, Any]:
+    """`script --child role --child-out <tmp> argv...` in its own process (offline, this checkout's src first), so
+    its peak RSS is its own; returns the JSON the child wrote. bench/teacher_prefix.py runs its modes through it too."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         result_path = Path(f.name)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", role, "--child-out", str(result_path),
-           "--model-path", str(model_path), "--steps", str(args.steps), "--max-new-tokens", str(args.max_new_tokens),
-           "--rank", str(args.rank), "--memories", str(args.memories), "--batch-size", str(args.batch_size),
-           "--prompts-per-memory", str(args.prompts_per_memory), "--seed", str(args.seed),
-           "--trl-trainer", args.trl_trainer, "--activation-checkpointing", args.activation_checkpointing, *extra]
+    cmd = [sys.executable, str(script.resolve()), "--child", role, "--child-out", str(result_path), *argv]
     env = {**os.environ, **OFFLINE}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT / "src"), env.get("PYTHONPATH")]))
     print(f"[{role}] " + " ".join(cmd[2:]), flush=True)
@@ -216,6 +214,14 @@ def run_child(role: str, args: argparse.Namespace, model_path: Path, extra: list
         return json.loads(result_path.read_text(encoding="utf-8"))
     finally:
         result_path.unlink(missing_ok=True)
+
+
+def run_child(role: str, args: argparse.Namespace, model_path: Path, extra: list[str]) -> dict[str, Any]:
+    return run_child_process(Path(__file__), role, [
+        "--model-path", str(model_path), "--steps", str(args.steps), "--max-new-tokens", str(args.max_new_tokens),
+        "--rank", str(args.rank), "--memories", str(args.memories), "--batch-size", str(args.batch_size),
+        "--prompts-per-memory", str(args.prompts_per_memory), "--seed", str(args.seed),
+        "--trl-trainer", args.trl_trainer, "--activation-checkpointing", args.activation_checkpointing, *extra])
 
 
 def bench_model(args: argparse.Namespace) -> dict[str, Any]:

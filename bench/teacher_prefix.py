@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seed_vs_trl import OFFLINE, PROJECT, SMOLLM2, build_tiny_model, peak_rss_mb  # noqa: E402
+from seed_vs_trl import OFFLINE, PROJECT, SMOLLM2, build_tiny_model, peak_rss_mb, run_child_process  # noqa: E402
 
 DEFAULT_OUT = PROJECT / "bench" / "results" / "teacher_prefix.json"
 MODES = ("shared", "plain")
@@ -83,18 +82,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_child(mode: str, args: argparse.Namespace, model_path: Path) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        out = Path(f.name)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--child-out", str(out), "--model-path",
-           str(model_path), "--memories", args.memories, "--passages", str(args.passages), "--seed", str(args.seed)]
-    env = {**os.environ, **OFFLINE}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT / "src"), env.get("PYTHONPATH")]))
-    print(f"[{mode}] " + " ".join(cmd[2:]), flush=True)
-    try:
-        subprocess.run(cmd, check=True, env=env, cwd=PROJECT)
-        return json.loads(out.read_text(encoding="utf-8"))
-    finally:
-        out.unlink(missing_ok=True)
+    return run_child_process(Path(__file__), mode, ["--model-path", str(model_path), "--memories", args.memories,
+                                                    "--passages", str(args.passages), "--seed", str(args.seed)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,8 @@ def generate_answers(
 
     `groups` (one key per conversation, e.g. the memory text it carries; `model` a plain HF causal LM): the
     conversations of a key are answered after the keys and values of their shared token prefix, computed once
-    (lmsleep.ks.rollout.sample_completions): the same greedy answers, without reading the memory once per question."""
+    (lmsleep.ks.rollout.sample_completions, whose own caps size the batches then, one group at a time): the same
+    greedy answers, without reading the memory once per question."""
     from transformers import GenerationConfig
 
     if groups is not None:
@@ -74,9 +75,9 @@ def generate_answers(
 def _answers_after_shared_prefixes(model: Any, tokenizer: Any, message_lists: list[list[dict[str, str]]],
                                    max_new_tokens: int, groups: list[Any], desc: str) -> list[str]:
     from lmsleep.ks.rollout import sample_completions  # the prefix-sharing generator lives with the KS rollouts
+    from lmsleep.ks.samples import encode
 
-    prompts = [list(tokenizer(tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True),
-                              add_special_tokens=False)["input_ids"]) for m in message_lists]
+    prompts = [encode(tokenizer, m) for m in message_lists]
     print(f"{desc}: {len(prompts)} prompts in {len(set(groups))} groups sharing their prefix")
     with torch.inference_mode():
         answers = sample_completions(model, tokenizer, prompts, 0.0, max_new_tokens, groups=groups)
