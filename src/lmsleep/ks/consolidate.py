@@ -146,18 +146,17 @@ def _prepare_samples(cms, tokenizer, memories, cfg, level: str, index: int, repl
     rng = random.Random(cfg.seed)
     scored = 0
     score_now = not cached and (cfg.ks_lambda < 1.0 or teacher_cache is not None)
+    loop_scores = cfg.ks_lambda > 0  # only on-policy samples are scored inside the loop
     with cms.experts_off(level, [index]):
         samples = cached or build_samples(cms, tokenizer, memories, cfg, rng, replay, anchors)
-        prefixes = teacher_side.memory_prefixes(cms, samples) if score_now or cfg.ks_lambda > 0 else {}
+        prefixes = teacher_side.memory_prefixes(cms, samples) if score_now or loop_scores else {}
         if score_now:
             teacher_side.write_completions(cms, tokenizer, samples, cfg)
             scored = teacher_side.score(cms, samples, tokenizer.pad_token_id, cfg.batch_size, cfg.ks_teacher_topk,
                                         prefixes)
-    if cfg.ks_lambda == 0:
-        prefixes = {}  # every sample is scored and no on-policy one will come
     if teacher_cache and not cached:
         teacher_side.save_cache(teacher_cache, key, samples)
-    return samples, prefixes, scored, ("hit" if cached else "miss" if teacher_cache else "off")
+    return samples, prefixes if loop_scores else {}, scored, ("hit" if cached else "miss" if teacher_cache else "off")
 
 
 def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg,
