@@ -29,6 +29,9 @@ then scored and the student was trained on. tokens/s = those tokens / wall secon
 (ours: the whole consolidate_memories call, prompt building included; TRL: trainer.train(); model loading excluded
 from both). `ours_setup_s` is ours' time before its first step (writing its questions) and `ours_loop_tokens_per_s`
 the rate of its step loop alone. Peak RSS: each subprocess's ru_maxrss (whole process, model load included).
+Malloc: ours fixes glibc's mmap threshold from its train_student on (seed.ks_return_freed_memory_kb, default 256 KB,
+lmsleep.allocator); the `load` and `trl` processes get the same setting from their start, so every peak is measured
+under the same malloc. `--return-freed-memory-kb 0` runs all three on glibc's default.
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ def build_tiny_model(dest: Path) -> Path:
 def child_load(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from lmsleep.allocator import return_freed_memory
+    return_freed_memory(args.return_freed_memory_kb)  # the same malloc as the methods: one model's floor under it
     from lmsleep.models import load_base
 
     model, tokenizer = load_base(Path(args.model_path))
@@ -102,7 +107,8 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
                      ks_question_share=0.5,
                      batch_size=args.batch_size, ks_replay_prompts=0, seed=args.seed, ks_teacher_topk=TOPK,
                      ks_teacher_cache=False, ks_divergence="jsd", ks_beta=0.5, ks_temperature=TEMPERATURE,
-                     ks_activation_checkpointing=args.activation_checkpointing == "on")
+                     ks_activation_checkpointing=args.activation_checkpointing == "on",
+                     ks_return_freed_memory_kb=args.return_freed_memory_kb)  # applied where the product applies it
     counted = {"tokens": 0}
     real_score = teacher_side.score
 
@@ -141,8 +147,10 @@ def child_trl(args: argparse.Namespace) -> dict[str, Any]:
     from datasets import Dataset
     from peft import LoraConfig
 
+    from lmsleep.allocator import return_freed_memory
     from lmsleep.models import load_base
 
+    return_freed_memory(args.return_freed_memory_kb)  # TRL runs under the same malloc setting as ours
     prompts = json.loads(Path(args.prompts_file).read_text(encoding="utf-8"))
     student, tokenizer = load_base(Path(args.model_path))
     tokenizer.padding_side = "left"
@@ -221,7 +229,8 @@ def run_child(role: str, args: argparse.Namespace, model_path: Path, extra: list
         "--model-path", str(model_path), "--steps", str(args.steps), "--max-new-tokens", str(args.max_new_tokens),
         "--rank", str(args.rank), "--memories", str(args.memories), "--batch-size", str(args.batch_size),
         "--prompts-per-memory", str(args.prompts_per_memory), "--seed", str(args.seed),
-        "--trl-trainer", args.trl_trainer, "--activation-checkpointing", args.activation_checkpointing, *extra])
+        "--trl-trainer", args.trl_trainer, "--activation-checkpointing", args.activation_checkpointing,
+        "--return-freed-memory-kb", str(args.return_freed_memory_kb), *extra])
 
 
 def bench_model(args: argparse.Namespace) -> dict[str, Any]:
@@ -261,6 +270,10 @@ def bench_model(args: argparse.Namespace) -> dict[str, Any]:
                      "rank": args.rank, "memories": args.memories, "prompts_per_memory": args.prompts_per_memory,
                      "prompts_per_step": args.batch_size, "seed": args.seed, "lambda": 1.0, "beta": 0.5,
                      "activation_checkpointing": args.activation_checkpointing,
+                     "return_freed_memory_kb": args.return_freed_memory_kb,
+                     "malloc": (f"glibc mmap threshold fixed at {args.return_freed_memory_kb} KB in all three "
+                                "processes (lmsleep.allocator; ours from its train_student on, as the product does)"
+                                if args.return_freed_memory_kb > 0 else "glibc's default (dynamic mmap threshold)"),
                      "temperature": TEMPERATURE, "learning_rate": LR, "teacher_topk": TOPK, "dtype": "float32", "device": "cpu", "torch_threads": os.cpu_count(),
                      "trl_version": trl_pkg.__version__,
                      "trl_trainer": {"sdft": "trl.experimental.sdft.SDFTTrainer",
@@ -299,12 +312,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--activation-checkpointing", choices=("on", "off"), default="on",
                    help="both methods: ours' ks_activation_checkpointing (its default, on) and TRL's "
                         "gradient_checkpointing; results of 'off' are stored under '<model>-no-checkpointing'")
+    p.add_argument("--return-freed-memory-kb", type=int, default=None,
+                   help="all three processes: lmsleep.allocator's mmap threshold in KB (default: seed."
+                        "ks_return_freed_memory_kb's default); 0 = glibc's default, stored under "
+                        "'<model>-malloc-default'")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results; other models' entries are kept")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
     p.add_argument("--model-path", help=argparse.SUPPRESS)
     p.add_argument("--prompts-file", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.return_freed_memory_kb is None:
+        from lmsleep.config import SeedConfig
+
+        args.return_freed_memory_kb = SeedConfig().ks_return_freed_memory_kb
 
     if args.child:
         os.environ.update(OFFLINE)
@@ -322,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             results = {}
     label = args.model if args.trl_trainer == "sdft" else f"{args.model}+{args.trl_trainer}"
     label += "-no-checkpointing" if args.activation_checkpointing == "off" else ""
+    label += "-malloc-default" if args.return_freed_memory_kb <= 0 else ""
     results.setdefault("models", {})[label] = entry
     results["host"] = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -135,6 +135,10 @@ class SeedConfig:
     ks_activation_checkpointing: bool = _f(True, "ks: recompute each decoder layer in the student's backward pass "
                                                 "instead of keeping its activations (same gradients; less memory, "
                                                 "about one more forward of the student per step)")
+    ks_return_freed_memory_kb: int = _f(256, "ks: on glibc, tensors of this many KB and more are given back to the "
+                                             "system as soon as they are freed (mallopt M_MMAP_THRESHOLD, "
+                                             "lmsleep.allocator): a lower peak RSS for a few percent more CPU time; "
+                                             "0 = leave malloc as it is. Process-wide from the night on")
     ks_sender: str = _f("context", "ks: what sends the day's knowledge into tonight's expert: context (the memory in "
                                    "the teacher's prompt; lmsleep.ks.consolidate) | fast_level (the day read awake by "
                                    "test-time training of a fast level, which is then consolidated and reset; "

@@ -48,6 +48,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from lmsleep.allocator import return_freed_memory
 from lmsleep.cms import CMSConfig, LevelSpec, wrap_model
 from lmsleep.distributed import my_rows, process_group
 from lmsleep.ks import teacher as teacher_side
@@ -218,6 +219,7 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
     benchmark's LoRA baselines (lmsleep.bench.baselines) a peft LoRA on the existing weights, adapter disabled as the
     teacher. `receiver` names what is trained in the start-up line. Returns (student, losses, stats)."""
     started = time.perf_counter() if started is None else started
+    return_freed_memory(cfg.ks_return_freed_memory_kb)  # before the first activation is allocated (lmsleep.allocator)
     device = next(student.base.parameters()).device
     optimizer = torch.optim.AdamW(params, lr=cfg.ks_lr, weight_decay=0.0)
     judge = None
