@@ -87,7 +87,9 @@ def test_answers_after_a_shared_memory_prefix_equal_plain_answers(tiny):
                           add_special_tokens=False)["input_ids"] for m in messages[:3]]
     assert embedded[0] == len(common_prefix(rendered))  # the first pass: memory 1's shared prefix alone, once
     assert embedded[0] > len(tokenizer(memories[0])["input_ids"])
-    assert sum(embedded) < plain_tokens / 2  # the memories are most of each prompt
+    # the memories are most of each prompt: read once per memory, not once per question (the questions' own tokens
+    # are padded to the widest of their generate call, which packs rows of several memories)
+    assert sum(embedded) < plain_tokens * 0.6
 
 
 def test_stop_tokens_include_turn_end(tiny):

@@ -268,10 +268,14 @@ def test_generation_calls_are_capped_by_sequences_and_tokens(monkeypatch):
     """A night of long memories must not put 16 prompts x n samples x a whole passage in one KV cache."""
     from lmsleep.ks import rollout
 
-    assert rollout.prompts_per_call([[1] * 10] * 40, n=1, max_new_tokens=6) == 16
-    assert rollout.prompts_per_call([[1] * 10] * 40, n=3, max_new_tokens=6) == 5  # 16 sequences // 3
-    assert rollout.prompts_per_call([[1] * 200] * 40, n=3, max_new_tokens=32) == 4096 // (3 * 232)
-    assert rollout.prompts_per_call([[1] * 5000], n=4, max_new_tokens=32) == 1  # never zero
+    rows = [[1] * 10] * 40
+    assert rollout._fits([(i, None) for i in range(16)], rows, n=1, max_new_tokens=6)
+    assert not rollout._fits([(i, None) for i in range(17)], rows, n=1, max_new_tokens=6)  # 16 sequences
+    assert rollout._fits([(i, None) for i in range(5)], rows, n=3, max_new_tokens=6)
+    assert not rollout._fits([(i, None) for i in range(6)], rows, n=3, max_new_tokens=6)
+    long = [[1] * 200] * 40
+    assert rollout._fits([(i, None) for i in range(4096 // (3 * 232))], long, n=3, max_new_tokens=32)
+    assert not rollout._fits([(i, None) for i in range(4096 // (3 * 232) + 1)], long, n=3, max_new_tokens=32)
 
     from test_cms import tiny_model
 
@@ -284,6 +288,9 @@ def test_generation_calls_are_capped_by_sequences_and_tokens(monkeypatch):
     prompts = [[5 + i] * 12 for i in range(5)]
     out = rollout.sample_completions(model, tokenizer, prompts, temperature=0.7, max_new_tokens=3, n=3)
     assert widths == [2, 2, 1] and len(out) == 15
+    widths.clear()  # a prompt over the token cap still gets a call of its own
+    assert len(rollout.sample_completions(model, tokenizer, [[5] * 40], temperature=0.7, max_new_tokens=2, n=4)) == 4
+    assert widths == [1]
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
@@ -326,6 +333,33 @@ def test_prompts_of_one_memory_are_generated_after_its_prefix_read_once(arch):
     hook.remove()
     with pytest.raises(ValueError, match="group keys"):
         rollout.sample_completions(cms, tokenizer, prompts, 0.0, 2, groups=["m1"])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_rows_of_several_memories_share_one_call_and_answer_as_alone(arch, monkeypatch):
+    """Small groups are packed into one generate call (each row after its own memory's cached prefix, left-padded to
+    the longest): the greedy completions are those of each prompt generated alone, and the call count drops."""
+    from test_cms import tiny_model
+
+    from lmsleep.ks import rollout
+
+    model = tiny_model(arch).eval()
+    tokenizer = type("T", (), {"pad_token_id": 2, "eos_token_id": 1, "convert_tokens_to_ids": lambda self, t: None})()
+    memories = {"a": list(range(40, 60)), "b": list(range(20, 50)), "c": list(range(10, 28))}  # 20, 30, 18 tokens
+    prompts = [memories["a"] + [3, 4], memories["b"] + [5], [7, 8, 9], memories["c"] + [6, 5, 4],
+               memories["a"] + [8]]
+    groups = ["a", "b", "none", "c", "a"]
+    alone = [rollout.sample_completions(model, tokenizer, [p], 0.0, 5)[0] for p in prompts]
+    calls = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: (calls.append(kw["input_ids"].shape[0]), real(**kw))[1])
+    assert rollout.sample_completions(model, tokenizer, prompts, 0.0, 5, groups=groups) == alone
+    assert calls == [3, 1, 1]  # a's two prompts and b's in one call; the prompt without a prefix alone; then c
+
+    cache = rollout.stacked_cache([rollout.PrefixKV(model, memories["a"]), None], 30, n=2)
+    keys = cache.layers[0].keys
+    assert keys.shape[0] == 4 and keys.shape[2] == 30
+    assert torch.count_nonzero(keys[:2, :, :10]) == 0 and torch.count_nonzero(keys[2:]) == 0  # the padding is zero
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])

@@ -32,12 +32,6 @@ GENERATION_BATCH = 16
 GENERATION_TOKENS = 4096
 
 
-def prompts_per_call(prompts: Sequence[Sequence[int]], n: int, max_new_tokens: int) -> int:
-    """How many prompts one generate call takes: n sequences each, within both caps, at least one."""
-    longest = max((len(p) for p in prompts), default=0) + max_new_tokens
-    return max(1, min(GENERATION_BATCH // n, GENERATION_TOKENS // (n * longest)))
-
-
 def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, left: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-id rows as one padded batch (ids, attention mask); left padding for generation, right for scoring."""
     width = max(len(r) for r in rows)
@@ -71,14 +65,12 @@ def sample_completions(model, tokenizer, prompts: Sequence[Sequence[int]], tempe
                            eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
     per_prompt: dict[int, list[list[int]]] = {}
     with torch.no_grad():
-        for indices, prefix in _prefix_groups(model, prompts, groups):
-            per_call = prompts_per_call([prompts[i] for i in indices], n, max_new_tokens)
-            for start in range(0, len(indices), per_call):
-                chunk = indices[start : start + per_call]
-                new = _generate(model, [prompts[i] for i in chunk], gen, tokenizer.pad_token_id, n, prefix)
-                for j, row in enumerate(new.tolist()):  # rows come prompt-major: n samples of chunk[0], then ...
-                    cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
-                    per_prompt.setdefault(chunk[j // n], []).append(row[:cut] or [stops[0]])
+        for call in _calls(model, prompts, groups, n, max_new_tokens):
+            new = _generate(model, [prompts[i] for i, _ in call], gen, tokenizer.pad_token_id, n,
+                            [prefix for _, prefix in call])
+            for j, row in enumerate(new.tolist()):  # rows come prompt-major: n samples of call[0], then ...
+                cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+                per_prompt.setdefault(call[j // n][0], []).append(row[:cut] or [stops[0]])
     return [y for i in range(len(prompts)) for y in per_prompt[i]]
 
 
@@ -87,7 +79,8 @@ MIN_SHARED_PREFIX = 16  # tokens: below this a separate prefix pass costs more t
 
 def _prefix_groups(model, prompts: Sequence[Sequence[int]], groups: Sequence[Hashable] | None):
     """(prompt indices, PrefixKV or None) per group, in order of first appearance; no groups: one plain group.
-    Lazily: one group's prefix is alive at a time (on SmolLM2 a 250-token memory's keys and values are 11 MB)."""
+    Lazily: a group's prefix is computed when its turn comes (on SmolLM2 a 250-token memory's keys and values are
+    11 MB), so only the prefixes of the rows of one generate call are alive at a time."""
     if groups is None:
         yield list(range(len(prompts))), None
         return
@@ -101,18 +94,47 @@ def _prefix_groups(model, prompts: Sequence[Sequence[int]], groups: Sequence[Has
         yield indices, (PrefixKV(model, shared) if len(shared) >= MIN_SHARED_PREFIX else None)
 
 
-def _generate(model, rows: Sequence[Sequence[int]], gen, pad_id: int, n: int, prefix: "PrefixKV | None"):
-    """One generate call; returns the new tokens [len(rows) * n, new]. With `prefix`, each row is the prefix, then
-    its own tokens left-padded: the padding sits between the two, masked, and the positions (from the attention
-    mask) run on as if it were not there, so the row sees exactly what it would see unpadded."""
+def _calls(model, prompts: Sequence[Sequence[int]], groups: Sequence[Hashable] | None, n: int, max_new_tokens: int):
+    """The generate calls: lists of (prompt index, its PrefixKV or None), filled group after group up to the caps
+    (GENERATION_BATCH sequences, GENERATION_TOKENS tokens of KV cache, counted over the call's padded width). A call
+    may hold rows of several groups: decoding on CPU costs about the same per token for 3 sequences as for 16 (it
+    reads every weight either way), so a night of many small memories needs far fewer decoding passes than one call
+    per memory would take. Rows with a prefix and rows without are not mixed: the prefill runs every row over the
+    call's widest own part, and a row without a prefix brings its whole prompt."""
+    call: list[tuple[int, PrefixKV | None]] = []
+    for indices, prefix in _prefix_groups(model, prompts, groups):
+        for i in indices:
+            apart = call and (call[-1][1] is None) != (prefix is None)  # a whole prompt would widen every tail
+            if apart or (call and not _fits(call + [(i, prefix)], prompts, n, max_new_tokens)):
+                yield call
+                call = []
+            call.append((i, prefix))
+    if call:
+        yield call
+
+
+def _fits(call: list[tuple[int, "PrefixKV | None"]], prompts: Sequence[Sequence[int]], n: int,
+          max_new_tokens: int) -> bool:
+    """Whether one generate call may hold these rows: their cache is (longest prefix + longest own part + new
+    tokens) wide for every one of the rows x n sequences."""
+    heads = [len(p.tokens) if p is not None else 0 for _, p in call]
+    width = max(heads) + max(len(prompts[i]) - h for (i, _), h in zip(call, heads)) + max_new_tokens
+    return len(call) * n <= GENERATION_BATCH and len(call) * n * width <= GENERATION_TOKENS
+
+
+def _generate(model, rows: Sequence[Sequence[int]], gen, pad_id: int, n: int, prefixes: Sequence["PrefixKV | None"]):
+    """One generate call; returns the new tokens [len(rows) * n, new]. A row with a prefix is that prefix (its keys
+    and values given as the cache, left-padded to the call's longest prefix), then its own tokens, left-padded: the
+    padding is masked, and the positions (from the attention mask) run on as if it were not there, so every row sees
+    exactly what it would see unpadded and alone. Rows without a prefix are all their own tokens."""
     device = next(model.parameters()).device
-    skip = 0 if prefix is None else len(prefix.tokens)
-    ids, mask = pad_rows([r[skip:] for r in rows], pad_id, True, device)
+    heads = [p.tokens if p is not None else [] for p in prefixes]
+    ids, mask = pad_rows([r[len(h):] for r, h in zip(rows, heads)], pad_id, True, device)
     extra = {}
-    if prefix is not None:
-        head = torch.tensor(prefix.tokens, dtype=ids.dtype, device=device).expand(len(rows), -1)
-        ids, mask = torch.cat([head, ids], dim=1), torch.cat([torch.ones_like(head), mask], dim=1)
-        extra["cache"] = prefix.expanded(len(rows) * n)  # generate repeats the rows n times, not a given cache
+    if any(heads):
+        head_ids, head_mask = pad_rows(heads, pad_id, True, device)
+        ids, mask = torch.cat([head_ids, ids], dim=1), torch.cat([head_mask, mask], dim=1)
+        extra["cache"] = stacked_cache(prefixes, head_ids.shape[1], n)
     return model.generate(input_ids=ids, attention_mask=mask, generation_config=gen, **extra)[:, ids.shape[1] :]
 
 
@@ -195,6 +217,28 @@ class PrefixKV:
         from transformers import DynamicCache
 
         return DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self.layers])
+
+
+def stacked_cache(prefixes: Sequence["PrefixKV | None"], width: int, n: int):
+    """One DynamicCache for a generate call whose rows have different prefixes (None: no prefix): row j's n
+    sequences (generate repeats rows n times, prompt-major) hold its prefix's keys and values at the right end of
+    `width` positions, zeros (masked) before them. One prefix for every row: a view, nothing copied."""
+    from transformers import DynamicCache
+
+    if all(p is prefixes[0] for p in prefixes) and len(prefixes[0].tokens) == width:
+        return prefixes[0].expanded(len(prefixes) * n)
+    donor = next(p for p in prefixes if p is not None)
+    layers = []
+    for layer, (k0, v0) in enumerate(donor.layers):
+        keys = k0.new_zeros((len(prefixes) * n, k0.shape[1], width, k0.shape[3]))
+        values = v0.new_zeros((len(prefixes) * n, v0.shape[1], width, v0.shape[3]))
+        for j, p in enumerate(prefixes):
+            if p is not None:
+                k, v = p.layers[layer]
+                keys[j * n : (j + 1) * n, :, width - k.shape[2] :] = k[0]
+                values[j * n : (j + 1) * n, :, width - v.shape[2] :] = v[0]
+        layers.append((keys, values))
+    return DynamicCache(layers)
 
 
 def common_prefix(rows: Sequence[Sequence[int]]) -> list[int]:
