@@ -43,8 +43,8 @@ def generate_answers(
 
     `groups` (one key per conversation, e.g. the memory text it carries; `model` a plain HF causal LM): the
     conversations of a key are answered after the keys and values of their shared token prefix, computed once
-    (lmsleep.ks.rollout.sample_completions, whose own caps size the batches then, one group at a time): the same
-    greedy answers, without reading the memory once per question."""
+    (lmsleep.ks.rollout.sample_completions, whose own caps size the batches then; small groups share a call): the
+    same greedy answers, without reading the memory once per question."""
     from transformers import GenerationConfig
 
     if groups is not None:

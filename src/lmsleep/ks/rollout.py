@@ -51,7 +51,8 @@ def sample_completions(model, tokenizer, prompts: Sequence[Sequence[int]], tempe
     `groups` (one key per prompt, e.g. its memory's id): the prompts of a key, and the n samples of each, are
     generated after the keys and values of the token prefix they share (the chat header and the memory text),
     computed ONCE (`PrefixKV`; the model does not change within a call, so this is exact up to float rounding).
-    Without it, every sequence runs the whole memory through the model again in its prefill."""
+    Without it, every sequence runs the whole memory through the model again in its prefill. Rows of several small
+    groups share one generate call, each after its own prefix (`_calls`, `stacked_cache`)."""
     from transformers import GenerationConfig
 
     stops = stop_token_ids(model, tokenizer)
