@@ -1,6 +1,7 @@
 """seed.method = ks (lmsleep.ks.consolidate): context distillation into one new CMS expert, on the tiny model."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -276,6 +277,11 @@ def test_generation_calls_are_capped_by_sequences_and_tokens(monkeypatch):
     long = [[1] * 200] * 40
     assert rollout._fits([(i, None) for i in range(4096 // (3 * 232))], long, n=3, max_new_tokens=32)
     assert not rollout._fits([(i, None) for i in range(4096 // (3 * 232) + 1)], long, n=3, max_new_tokens=32)
+    one, other = SimpleNamespace(tokens=[1] * 150), SimpleNamespace(tokens=[1] * 150)  # two memories' prefixes
+    same = [(i, one) for i in range(4)]  # 4 x 3 sequences x (150 + 50 + 32): within the full cap, 4096
+    assert rollout._fits(same, long, n=3, max_new_tokens=32)
+    assert not rollout._fits(same[:2] + [(2, other), (3, other)], long, n=3, max_new_tokens=32)  # packed: 2048
+    assert rollout._fits(same[:1] + [(2, other)], long, n=3, max_new_tokens=32)
 
     from test_cms import tiny_model
 
