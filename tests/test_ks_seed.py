@@ -362,10 +362,12 @@ def test_rows_of_several_memories_share_one_call_and_answer_as_alone(arch, monke
     assert rollout.sample_completions(model, tokenizer, prompts, 0.0, 5, groups=groups) == alone
     assert calls == [3, 1, 1]  # a's two prompts and b's in one call; the prompt without a prefix alone; then c
 
-    cache = rollout.stacked_cache([rollout.PrefixKV(model, memories["a"]), None], 30, n=2)
-    keys = cache.layers[0].keys
+    short, long = rollout.PrefixKV(model, memories["a"]), rollout.PrefixKV(model, memories["b"])
+    keys = rollout.stacked_cache([short, long], 30, n=2).layers[0].keys
     assert keys.shape[0] == 4 and keys.shape[2] == 30
-    assert torch.count_nonzero(keys[:2, :, :10]) == 0 and torch.count_nonzero(keys[2:]) == 0  # the padding is zero
+    assert torch.count_nonzero(keys[:2, :, :10]) == 0  # the shorter prefix is left-padded with zeros
+    assert torch.equal(keys[:2, :, 10:], short.layers[0][0].expand(2, -1, -1, -1))
+    assert torch.equal(keys[2:], long.layers[0][0].expand(2, -1, -1, -1))
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])

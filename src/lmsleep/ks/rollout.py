@@ -129,19 +129,20 @@ def _fits(call: list[tuple[int, "PrefixKV | None"]], prompts: Sequence[Sequence[
 
 
 def _generate(model, rows: Sequence[Sequence[int]], gen, pad_id: int, n: int, prefixes: Sequence["PrefixKV | None"]):
-    """One generate call; returns the new tokens [len(rows) * n, new]. A row with a prefix is that prefix (its keys
-    and values given as the cache, left-padded to the call's longest prefix), then its own tokens, left-padded: the
-    padding is masked, and the positions (from the attention mask) run on as if it were not there, so every row sees
-    exactly what it would see unpadded and alone. Rows without a prefix are all their own tokens."""
+    """One generate call; returns the new tokens [len(rows) * n, new]. With prefixes (one per row, `_calls` never
+    mixes rows with and without), each row is its prefix (keys and values given as the cache, left-padded to the
+    call's longest prefix), then its own tokens, left-padded: the padding is masked, and the positions (from the
+    attention mask) run on as if it were not there, so every row sees exactly what it would see unpadded and alone."""
     device = next(model.parameters()).device
-    heads = [p.tokens if p is not None else [] for p in prefixes]
+    if prefixes[0] is None:
+        ids, mask = pad_rows(rows, pad_id, True, device)
+        return model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)[:, ids.shape[1] :]
+    heads = [p.tokens for p in prefixes]
+    head_ids, head_mask = pad_rows(heads, pad_id, True, device)
     ids, mask = pad_rows([r[len(h):] for r, h in zip(rows, heads)], pad_id, True, device)
-    extra = {}
-    if any(heads):
-        head_ids, head_mask = pad_rows(heads, pad_id, True, device)
-        ids, mask = torch.cat([head_ids, ids], dim=1), torch.cat([head_mask, mask], dim=1)
-        extra["cache"] = stacked_cache(prefixes, head_ids.shape[1], n)
-    return model.generate(input_ids=ids, attention_mask=mask, generation_config=gen, **extra)[:, ids.shape[1] :]
+    ids, mask = torch.cat([head_ids, ids], dim=1), torch.cat([head_mask, mask], dim=1)
+    cache = stacked_cache(prefixes, head_ids.shape[1], n)
+    return model.generate(input_ids=ids, attention_mask=mask, generation_config=gen, cache=cache)[:, ids.shape[1] :]
 
 
 def _causal_lm(model):
@@ -225,24 +226,22 @@ class PrefixKV:
         return DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self.layers])
 
 
-def stacked_cache(prefixes: Sequence["PrefixKV | None"], width: int, n: int):
-    """One DynamicCache for a generate call whose rows have different prefixes (None: no prefix): row j's n
-    sequences (generate repeats rows n times, prompt-major) hold its prefix's keys and values at the right end of
-    `width` positions, zeros (masked) before them. One prefix for every row: a view, nothing copied."""
+def stacked_cache(prefixes: Sequence["PrefixKV"], width: int, n: int):
+    """One DynamicCache for a generate call whose rows may have different prefixes: row j's n sequences (generate
+    repeats rows n times, prompt-major) hold its prefix's keys and values at the right end of `width` positions,
+    zeros (masked) before them. One prefix for every row: a view, nothing copied."""
     from transformers import DynamicCache
 
     if all(p is prefixes[0] for p in prefixes) and len(prefixes[0].tokens) == width:
         return prefixes[0].expanded(len(prefixes) * n)
-    donor = next(p for p in prefixes if p is not None)
     layers = []
-    for layer, (k0, v0) in enumerate(donor.layers):
+    for layer, (k0, v0) in enumerate(prefixes[0].layers):
         keys = k0.new_zeros((len(prefixes) * n, k0.shape[1], width, k0.shape[3]))
         values = v0.new_zeros((len(prefixes) * n, v0.shape[1], width, v0.shape[3]))
         for j, p in enumerate(prefixes):
-            if p is not None:
-                k, v = p.layers[layer]
-                keys[j * n : (j + 1) * n, :, width - k.shape[2] :] = k[0]
-                values[j * n : (j + 1) * n, :, width - v.shape[2] :] = v[0]
+            k, v = p.layers[layer]
+            keys[j * n : (j + 1) * n, :, width - k.shape[2] :] = k[0]
+            values[j * n : (j + 1) * n, :, width - v.shape[2] :] = v[0]
         layers.append((keys, values))
     return DynamicCache(layers)
 
