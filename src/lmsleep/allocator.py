@@ -10,8 +10,9 @@ resident and fragments, so a process's peak RSS sits well above what it ever hel
 SmolLM2's KS night: bench/seed_vs_trl.py). Fixing the threshold (`mallopt(M_MMAP_THRESHOLD)`) stops the rise and
 sends such blocks to mmap, whose pages go back to the system as soon as a tensor is freed.
 
-Cost: each of those blocks is a fresh mapping whose pages are zeroed by the kernel on first touch, about 7% more CPU
-time on that night (measured in bench/results/seed_speed.json, both settings in one run). The setting is
+Cost: each of those blocks is a fresh mapping whose pages are zeroed by the kernel on first touch: on a 4-step
+SmolLM2 night 7.2 s of system time against 3.1 s, for about 55 s of user time either way (docs/results.md,
+"Seed speed and memory", session 6). The setting is
 process-wide and stays for the rest of the process (glibc has no way to read back or restore its dynamic default).
 Elsewhere (macOS, musl, Windows) it does nothing and says so.
 """
