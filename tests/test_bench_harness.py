@@ -248,6 +248,40 @@ def test_a_run_stopped_after_its_first_seed_keeps_that_seed(ws, monkeypatch, tmp
     assert {(a["seed"], a["method"]) for a in answers} == {(0, "base"), (0, "sft"), (1, "base"), (1, "sft")}
 
 
+def test_a_run_stopped_within_a_seed_keeps_its_finished_methods(ws, monkeypatch, tmp_path):
+    """One SmolLM2 night is up to an hour: a run stopped in a seed's second method resumes at that method, and gives
+    what an uninterrupted run gives."""
+    real = harness.run_chain
+
+    def stop_at_sft(bench, method, chain, seed, *args):
+        if method.name == "sft":
+            raise KeyboardInterrupt
+        return real(bench, method, chain, seed, *args)
+
+    args = ["bench", "quality", "--seeds", "1", "--limit", "1", "--model", "tiny", "--root", str(ws.root),
+            "--option", "sets=demo", "--methods", "base,sft", *FAST]
+    monkeypatch.setattr(harness, "run_chain", stop_at_sft)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--out", str(tmp_path)])
+    under_way = json.loads((tmp_path / "seed_quality.seed.partial.json").read_text())
+    assert under_way["seed"] == 0 and under_way["finished_methods"] == ["base"]
+    assert {s["method"] for s in under_way["records"]["scores"]} == {"base"}
+
+    ran = recording_chains(monkeypatch, real)
+    assert main([*args, "--out", str(tmp_path), "--resume"]) == 0
+    assert ran == [("sft", 0)]  # base is not run again
+    resumed = json.loads((tmp_path / "seed_quality.json").read_text())
+    assert resumed["resumed"]["from_methods_of_seed"] == {"seed": 0, "methods": ["base"]}
+    assert not list(tmp_path.glob("*.partial.*"))
+    main([*args, "--out", str(tmp_path / "straight")])
+    straight = json.loads((tmp_path / "straight" / "seed_quality.json").read_text())
+    key = lambda s: (s["seed"], s["method"], s["task"])  # noqa: E731
+    assert sorted(resumed["scores"], key=key) == sorted(straight["scores"], key=key)
+    assert resumed["aggregate"] == straight["aggregate"]
+    answers = [json.loads(line) for line in (tmp_path / "seed_quality_answers.jsonl").read_text().splitlines()]
+    assert {(a["seed"], a["method"]) for a in answers} == {(0, "base"), (0, "sft")}
+
+
 def test_resume_adds_seeds_to_a_finished_run(ws, monkeypatch, tmp_path):
     args = ["bench", "quality", "--limit", "1", "--model", "tiny", "--root", str(ws.root), "--out", str(tmp_path),
             "--option", "sets=demo", "--methods", "base,sft", *FAST]

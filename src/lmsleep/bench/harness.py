@@ -236,23 +236,33 @@ def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int 
             "seed_config": params.to_dict()["seed"], "evaluate_config": params.to_dict()["evaluate"],
             "reference_perplexity_base": base_ppl, "grading_note": bench.grading_note}
     out = Path(ws.resolve(str(out_dir)))
-    first = 0
+    first, finished = 0, []
     if resume:
         records, first, meta["resumed"] = partial.load(out, bench.stem, meta)
         if first >= seeds:
             raise ValueError(f"--resume: the stopped run already finished seeds 0..{first - 1}; ask for more --seeds")
-        started -= meta["resumed"]["from_wall_s"]  # wall_s counts both parts
-        print(f"bench {bench.name}: resuming after seeds 0..{first - 1} (from commit "
-              f"{meta['resumed']['from_git_commit']}); missing: {meta['resumed']['records_missing'] or 'nothing'}")
+        under_way, finished, wall = partial.load_methods(out, bench.stem, meta, first)
+        for kind, rows in under_way.items():
+            records[kind] += rows
+        meta["resumed"]["from_methods_of_seed"] = {"seed": first, "methods": finished}
+        started -= max(meta["resumed"]["from_wall_s"], wall)  # wall_s counts both parts
+        print(f"bench {bench.name}: resuming after seeds 0..{first - 1} and {finished or 'no methods'} of seed "
+              f"{first} (from commit {meta['resumed']['from_git_commit']}); missing: "
+              f"{meta['resumed']['records_missing'] or 'nothing'}")
     for seed in range(first, seeds):
+        done = list(finished) if seed == first else []
         for method in chosen:
+            if method.name in done:
+                continue
             if not method.trains and seed > 0:  # deterministic: seed 0's records stand for every seed
                 for kind in ("steps", "scores", "answers"):
                     records[kind] += [r | {"seed": seed, "reused_from_seed": 0} for r in records[kind]
                                       if r["seed"] == 0 and r["method"] == method.name]
-                continue
-            for chain in chains:
-                run_chain(bench, method, chain, seed, params, model_dir, reference, records)
+            else:
+                for chain in chains:
+                    run_chain(bench, method, chain, seed, params, model_dir, reference, records)
+            done.append(method.name)  # a run stopped within this seed keeps its finished methods
+            partial.save_methods(out, bench.stem, meta, seed, done, records, round(time.perf_counter() - started, 1))
         if seed + 1 < seeds:  # a long run stopped early keeps every finished seed
             so_far = _result(bench, meta, tasks, chosen, seed + 1, records, base_ppl, started)
             partial.save(out, bench.stem, so_far, records)

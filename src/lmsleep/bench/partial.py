@@ -4,9 +4,12 @@ After each finished seed (but the last) the harness writes, in its --out folder:
   <stem>.partial.json              the result over the finished seeds (complete: false), as <stem>.json would hold it
   <stem>_answers.partial.jsonl     every probe's prediction so far (the probe-level intervals need seed 0's)
   <stem>_train_texts.partial.jsonl everything trained on so far
-and removes all three when the run completes.
+and after each finished method of the seed under way:
+  <stem>.seed.partial.json         that seed's finished methods and their records (one SmolLM2 night is 10-60 min)
+and removes them all when the run completes.
 
-`lmsleep bench ... --resume` reloads them and runs only the seeds not yet done. With no partial run but a finished
+`lmsleep bench ... --resume` reloads them and runs only the seeds, and the methods of the seed under way, not yet
+done. With no partial run but a finished
 one (<stem>.json, <stem>_answers.jsonl, <stem>_train_texts.jsonl), `--resume --seeds N` adds seeds to it. It refuses (and changes nothing) when
 the partial run was made with other settings: a result must never mix two experiments. Keys that exist on one side
 only (params fields added to the code since) are allowed and listed in the result's `resumed` record, together with
@@ -39,11 +42,41 @@ def save(out: Path, stem: str, result: dict[str, Any], records: dict[str, list])
     for kind in RECORDS:
         write_jsonl(where[kind], [r for r in records[kind] if r["seed"] in result["seeds"]])
     write_json(where["result"], result | {"complete": False})
+    seed_path(out, stem).unlink(missing_ok=True)  # its methods are in the finished seeds now
 
 
 def remove(out: Path, stem: str) -> None:
-    for path in paths(out, stem).values():
+    for path in [*paths(out, stem).values(), seed_path(out, stem)]:
         path.unlink(missing_ok=True)
+
+
+def seed_path(out: Path, stem: str) -> Path:
+    return out / f"{stem}.seed.partial.json"
+
+
+def save_methods(out: Path, stem: str, meta: dict[str, Any], seed: int, methods: list[str], records: dict[str, list],
+                 wall_s: float) -> None:
+    """The seed under way: its finished `methods` and their records, with the settings that must match on resume."""
+    rows = {kind: [r for r in rows if r["seed"] == seed and r["method"] in methods] for kind, rows in records.items()}
+    settings = {key: meta.get(key) for key in (*SAME, *SAME_SECTIONS, "reference_perplexity_base", "git_commit")}
+    write_json(seed_path(out, stem), settings | {"seed": seed, "finished_methods": methods, "records": rows,
+                                           "wall_s": wall_s})
+
+
+def load_methods(out: Path, stem: str, meta: dict[str, Any], seed: int) -> tuple[dict[str, list], list[str], float]:
+    """(records, finished methods, wall seconds so far) of seed `seed` under way, if a stopped run left it; raises
+    if it is not the same experiment as `meta`."""
+    path = seed_path(out, stem)
+    if not path.exists():
+        return {}, [], 0.0
+    old = json.loads(path.read_text(encoding="utf-8"))
+    differ, _ = _differences(old, meta)
+    if differ:
+        raise ValueError(f"--resume: the stopped run in {out} used other settings ({', '.join(differ)}); run with "
+                         "the same options, methods, model and params, or use another --out")
+    if old["seed"] != seed:  # left by a seed that finished later: its records are in the partial files
+        return {}, [], 0.0
+    return old["records"], old["finished_methods"], old["wall_s"]
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -66,6 +99,10 @@ def load(out: Path, stem: str, meta: dict[str, Any]) -> tuple[dict[str, list], i
     where = paths(out, stem)
     if not where["result"].exists():
         where = paths(out, stem, finished=True)
+    if not where["result"].exists() and seed_path(out, stem).exists():  # stopped within seed 0
+        resumed = {"from_seeds": [], "from_git_commit": None, "from_wall_s": 0.0, "params_keys_on_one_side": [],
+                   "records_missing": []}
+        return {"steps": [], "scores": [], **{kind: [] for kind in RECORDS}}, 0, resumed
     if not where["result"].exists():
         raise FileNotFoundError(f"--resume: neither {stem}.partial.json nor {stem}.json is in {out}: there is no "
                                 "stopped run of this benchmark there (a run writes the partial file after each "
