@@ -9,11 +9,10 @@ and after each finished method of the seed under way:
 and removes them all when the run completes.
 
 `lmsleep bench ... --resume` reloads them and runs only the seeds, and the methods of the seed under way, not yet
-done. With no partial run but a finished
-one (<stem>.json, <stem>_answers.jsonl, <stem>_train_texts.jsonl), `--resume --seeds N` adds seeds to it. It refuses (and changes nothing) when
-the partial run was made with other settings: a result must never mix two experiments. Keys that exist on one side
-only (params fields added to the code since) are allowed and listed in the result's `resumed` record, together with
-the commit each part ran at.
+done. With no partial run but a finished one (<stem>.json, <stem>_answers.jsonl, <stem>_train_texts.jsonl), `--resume
+--seeds N` adds seeds to it. It refuses (and changes nothing) when the partial run was made with other settings: a
+result must never mix two experiments. Keys that exist on one side only (params fields added to the code since) are
+allowed and listed in the result's `resumed` record, together with the commit each part ran at.
 """
 
 from __future__ import annotations
@@ -59,8 +58,8 @@ def save_methods(out: Path, stem: str, meta: dict[str, Any], seed: int, methods:
     """The seed under way: its finished `methods` and their records, with the settings that must match on resume."""
     rows = {kind: [r for r in rows if r["seed"] == seed and r["method"] in methods] for kind, rows in records.items()}
     settings = {key: meta.get(key) for key in (*SAME, *SAME_SECTIONS, "reference_perplexity_base", "git_commit")}
-    write_json(seed_path(out, stem), settings | {"seed": seed, "finished_methods": methods, "records": rows,
-                                           "wall_s": wall_s})
+    under_way = {"seed": seed, "finished_methods": methods, "records": rows, "wall_s": wall_s}
+    write_json(seed_path(out, stem), settings | under_way)
 
 
 def load_methods(out: Path, stem: str, meta: dict[str, Any], seed: int) -> tuple[dict[str, list], list[str], float]:
@@ -70,13 +69,19 @@ def load_methods(out: Path, stem: str, meta: dict[str, Any], seed: int) -> tuple
     if not path.exists():
         return {}, [], 0.0
     old = json.loads(path.read_text(encoding="utf-8"))
-    differ, _ = _differences(old, meta)
-    if differ:
-        raise ValueError(f"--resume: the stopped run in {out} used other settings ({', '.join(differ)}); run with "
-                         "the same options, methods, model and params, or use another --out")
+    _same_experiment(old, meta, out)
     if old["seed"] != seed:  # left by a seed that finished later: its records are in the partial files
         return {}, [], 0.0
     return old["records"], old["finished_methods"], old["wall_s"]
+
+
+def _same_experiment(old: dict[str, Any], meta: dict[str, Any], out: Path) -> list[str]:
+    """Raise unless the stopped run `old` had this run's settings; returns the keys present on one side only."""
+    differ, one_side = _differences(old, meta)
+    if differ:
+        raise ValueError(f"--resume: the stopped run in {out} used other settings ({', '.join(differ)}); run with "
+                         "the same options, methods, model and params, or use another --out")
+    return one_side
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -100,7 +105,8 @@ def load(out: Path, stem: str, meta: dict[str, Any]) -> tuple[dict[str, list], i
     if not where["result"].exists():
         where = paths(out, stem, finished=True)
     if not where["result"].exists() and seed_path(out, stem).exists():  # stopped within seed 0
-        resumed = {"from_seeds": [], "from_git_commit": None, "from_wall_s": 0.0, "params_keys_on_one_side": [],
+        commit = json.loads(seed_path(out, stem).read_text(encoding="utf-8")).get("git_commit")
+        resumed = {"from_seeds": [], "from_git_commit": commit, "from_wall_s": 0.0, "params_keys_on_one_side": [],
                    "records_missing": []}
         return {"steps": [], "scores": [], **{kind: [] for kind in RECORDS}}, 0, resumed
     if not where["result"].exists():
@@ -108,10 +114,7 @@ def load(out: Path, stem: str, meta: dict[str, Any]) -> tuple[dict[str, list], i
                                 "stopped run of this benchmark there (a run writes the partial file after each "
                                 "finished seed)")
     old = json.loads(where["result"].read_text(encoding="utf-8"))
-    differ, one_side = _differences(old, meta)
-    if differ:
-        raise ValueError(f"--resume: the stopped run in {out} used other settings ({', '.join(differ)}); run with "
-                         "the same options, methods, model and params, or use another --out")
+    one_side = _same_experiment(old, meta, out)
     missing = [where[kind].name for kind in RECORDS if not where[kind].exists()]
     records: dict[str, list] = {"steps": old["steps"], "scores": old["scores"],
                                 **{kind: [] if where[kind].name in missing else read_jsonl(where[kind])
