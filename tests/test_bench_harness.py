@@ -201,6 +201,17 @@ def recording_chains(monkeypatch, real) -> list[tuple[str, int]]:
     return ran
 
 
+def _same_as_a_straight_run(args: list[str], tmp_path, resumed: dict) -> list[dict]:
+    """Run `args` uninterrupted into tmp_path/straight; the resumed run's scores and aggregate must equal its.
+    Returns the resumed run's answers."""
+    main([*args, "--out", str(tmp_path / "straight")])
+    straight = json.loads((tmp_path / "straight" / "seed_quality.json").read_text())
+    key = lambda s: (s["seed"], s["method"], s["task"])  # noqa: E731
+    assert sorted(resumed["scores"], key=key) == sorted(straight["scores"], key=key)
+    assert resumed["aggregate"] == straight["aggregate"]
+    return [json.loads(line) for line in (tmp_path / "seed_quality_answers.jsonl").read_text().splitlines()]
+
+
 def test_a_run_stopped_after_its_first_seed_keeps_that_seed(ws, monkeypatch, tmp_path, capsys):
     """Hours-long CPU runs: when seed 1 fails, <stem>.partial.json already holds seed 0's scores and aggregates."""
     real = harness.run_chain
@@ -239,12 +250,7 @@ def test_a_run_stopped_after_its_first_seed_keeps_that_seed(ws, monkeypatch, tmp
     assert resumed["seeds"] == [0, 1] and resumed["resumed"]["from_seeds"] == [0]
     assert resumed["resumed"]["records_missing"] == []
     assert not list(tmp_path.glob("*.partial.*"))
-    main([*args, "--out", str(tmp_path / "straight")])
-    straight = json.loads((tmp_path / "straight" / "seed_quality.json").read_text())
-    key = lambda s: (s["seed"], s["method"], s["task"])  # noqa: E731
-    assert sorted(resumed["scores"], key=key) == sorted(straight["scores"], key=key)
-    assert resumed["aggregate"] == straight["aggregate"]
-    answers = [json.loads(line) for line in (tmp_path / "seed_quality_answers.jsonl").read_text().splitlines()]
+    answers = _same_as_a_straight_run(args, tmp_path, resumed)
     assert {(a["seed"], a["method"]) for a in answers} == {(0, "base"), (0, "sft"), (1, "base"), (1, "sft")}
 
 
@@ -273,12 +279,7 @@ def test_a_run_stopped_within_a_seed_keeps_its_finished_methods(ws, monkeypatch,
     resumed = json.loads((tmp_path / "seed_quality.json").read_text())
     assert resumed["resumed"]["from_methods_of_seed"] == {"seed": 0, "methods": ["base"]}
     assert not list(tmp_path.glob("*.partial.*"))
-    main([*args, "--out", str(tmp_path / "straight")])
-    straight = json.loads((tmp_path / "straight" / "seed_quality.json").read_text())
-    key = lambda s: (s["seed"], s["method"], s["task"])  # noqa: E731
-    assert sorted(resumed["scores"], key=key) == sorted(straight["scores"], key=key)
-    assert resumed["aggregate"] == straight["aggregate"]
-    answers = [json.loads(line) for line in (tmp_path / "seed_quality_answers.jsonl").read_text().splitlines()]
+    answers = _same_as_a_straight_run(args, tmp_path, resumed)
     assert {(a["seed"], a["method"]) for a in answers} == {(0, "base"), (0, "sft")}
 
 
