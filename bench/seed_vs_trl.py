@@ -85,9 +85,9 @@ def child_load(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from lmsleep.allocator import return_freed_memory
-    return_freed_memory(args.return_freed_memory_kb)  # the same malloc as the methods: one model's floor under it
     from lmsleep.models import load_base
 
+    return_freed_memory(args.return_freed_memory_kb)  # the same malloc as the methods: one model's floor under it
     model, tokenizer = load_base(Path(args.model_path))
     with torch.no_grad():  # touch every weight once: a loaded-but-unused safetensors mmap is not resident yet
         model(input_ids=torch.tensor([tokenizer("Hello there.")["input_ids"]]))
