@@ -10,6 +10,7 @@ import pytest
 
 from lmsleep import allocator
 from lmsleep.config import SeedConfig
+from lmsleep.ks import awake
 from lmsleep.ks import consolidate as ks
 
 # A child process (the setting is process-wide): after one freed 1 MB block, 96 MB of 384 KB tensors, each followed
@@ -66,3 +67,17 @@ def test_the_ks_night_applies_its_configured_threshold(monkeypatch):
         ks.train_student(None, "night", 0, [], None, [], SeedConfig(method="ks", ks_return_freed_memory_kb=128))
     assert calls == [128]
     assert SeedConfig().ks_return_freed_memory_kb == 256
+
+
+def test_the_fast_level_night_applies_its_configured_threshold(monkeypatch):
+    calls = []
+
+    def record(kb):
+        calls.append(kb)
+        raise RuntimeError("stop after the setting")
+
+    monkeypatch.setattr(awake, "return_freed_memory", record)
+    cfg = SeedConfig(method="ks", ks_sender="fast_level", ks_return_freed_memory_kb=64)
+    with pytest.raises(RuntimeError, match="stop after the setting"):
+        awake.seed_through_fast_level(None, None, [], cfg)
+    assert calls == [64]

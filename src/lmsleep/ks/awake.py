@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from lmsleep.allocator import return_freed_memory
 from lmsleep.cms import CMSConfig, LevelSpec, wrap_model
 from lmsleep.ks.samples import sentences
 from lmsleep.ks.senders import OnlineFastLevelUpdater, consolidate_fast_level
@@ -48,6 +49,7 @@ def seed_through_fast_level(model, tokenizer, memories: list[dict[str, Any]], cf
     """Awake test-time training of a fast level on the memories, then its consolidation into one night expert.
     Returns (cms with only the night expert active, losses of the consolidation, stats)."""
     started = time.perf_counter()
+    return_freed_memory(cfg.ks_return_freed_memory_kb)  # before the awake steps allocate (as the context sender)
     torch.manual_seed(cfg.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
