@@ -54,3 +54,14 @@ def test_coverage_command_prints_the_table_and_writes_json(tmp_path, capsys):
     assert json.loads((tmp_path / "coverage.json").read_text())["seeds"]["0"]["covered"] == 2
     with pytest.raises(SystemExit):
         main([str(tmp_path / "missing")])
+
+
+def test_coverage_command_reads_a_stopped_runs_partial_files(tmp_path, capsys):
+    (tmp_path / "seed_quality_answers.partial.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ANSWERS))
+    (tmp_path / "seed_quality_train_texts.partial.jsonl").write_text("".join(json.dumps(r) + "\n" for r in TEXTS))
+    assert main([str(tmp_path)]) == 0
+    assert "| 0 | 4 | 2 | 1 / 2 | 0 / 2 | 1 / 2 |" in capsys.readouterr().out
+    (tmp_path / "seed_quality_answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ANSWERS[:1]))
+    (tmp_path / "seed_quality_train_texts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in TEXTS))
+    assert main([str(tmp_path)]) == 0  # a finished run's files win over partial ones
+    assert "| 0 | 1 | 1 | 1 / 1 |" in capsys.readouterr().out

@@ -86,15 +86,22 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _result_file(folder: Path, stem: str, part: str) -> Path:
+    """`<stem>_<part>.jsonl`, or a stopped run's `<stem>_<part>.partial.jsonl` (its finished seeds and methods)."""
+    done = folder / f"{stem}_{part}.jsonl"
+    partial = folder / f"{stem}_{part}.partial.jsonl"
+    return partial if not done.exists() and partial.exists() else done
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("folder", type=Path, help="a benchmark's --out folder (its *_answers.jsonl, *_train_texts.jsonl)")
+    p.add_argument("folder", type=Path, help="a benchmark's --out folder (its *_answers.jsonl and *_train_texts.jsonl, "
+                   "or a stopped run's *.partial.jsonl)")
     p.add_argument("--stem", default="seed_quality", help="the result files' stem")
     p.add_argument("--method", default="sleep_ks")
     p.add_argument("--json", type=Path, help="also write the report here")
     args = p.parse_args(argv)
-    answers = args.folder / f"{args.stem}_answers.jsonl"
-    texts = args.folder / f"{args.stem}_train_texts.jsonl"
+    answers, texts = (_result_file(args.folder, args.stem, part) for part in ("answers", "train_texts"))
     for path in (answers, texts):
         if not path.exists():
             p.error(f"{path} not found")
