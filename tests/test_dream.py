@@ -8,18 +8,21 @@ import torch
 from tinyworld import memory, small_dream, tiny_workspace
 
 from lmsleep.cms import CMSConfig, LevelSpec, export_peft_adapter, import_peft_adapter, wrap_model
-from lmsleep.config import Params
+from lmsleep.config import DreamConfig, Params
 from lmsleep.dream import dream_and_rehearse, find_writer, save_writer
 from lmsleep.dream import night as dream_night
 from lmsleep.dream.generation import write_dreams
 from lmsleep.dream.ledger import Dream
+from lmsleep.dream import rehearse as rehearsal
 from lmsleep.dream.model import TRIAL, WRITER, DreamModel, with_free_slot
 from lmsleep.dream.rest_em import teach_writer
 from lmsleep.dream.select import score_dreams, select
 from lmsleep.dream.task import TaskItem, build_tasks, tau_loss, tau_value
 from lmsleep.dream.trial import reward, train_and_test
+from lmsleep.ks import teacher as teacher_side
 from lmsleep.ks.samples import encode, messages
 from lmsleep.models import load_base
+from lmsleep.prompts import question_messages
 
 LEVEL = "night"
 
@@ -374,3 +377,89 @@ def test_no_rest_em_switch_leaves_the_writer_as_it_came(tiny_dir, cfg, monkeypat
     result = dream_and_rehearse(cms, tokenizer, memories(), Params().seed, cfg, expert_index=index)
     assert result.stats["rounds"] == 1 and not any(d.taught_writer for d in result.dreams)
     assert all(not v.any() for k, v in result.writer.tensors.items() if "lora_B" in k)  # still the fresh writer
+
+
+# ---------------------------------------------------------------- rehearsal mixed with tonight's prompts
+
+
+def night_rows(mid="m-000"):
+    """Rows as the seed night writes them to train_texts.jsonl (Sample.audit), of every source and kind."""
+    row = lambda kind, prompt, source="memory", memory_id=mid: {  # noqa: E731
+        "memory_id": memory_id, "kind": kind, "source": source, "prompt": prompt, "completion": "the ferry"}
+    return [row("question", "Who steers the ferry Quillmoth?"),
+            row("continuation", "Complete this sentence from the text: Captain Orlane"),
+            row("cloze", "Fill in the blank (___) with the missing words: Captain ___ steers the ferry."),
+            row("on-policy", "Who steers the ferry Quillmoth?"),
+            row("question", "Who was here before?", source="replay:n0"),
+            row("anchor", "Write a haiku.", source="anchor", memory_id=""),
+            row("continuation", "Complete this sentence from the text: The lamp", memory_id="m-999")]
+
+
+def test_night_samples_rebuild_tonights_memory_prompts_only(tiny_dir):
+    _, tokenizer = load_base(tiny_dir)
+    mems = memories(1)
+    samples = rehearsal.night_samples(tokenizer, night_rows(), mems)
+    assert [(s.kind, s.prompt_text) for s in samples] == [(r["kind"], r["prompt"]) for r in night_rows()[:3]]
+    question, continuation = samples[0], samples[1]
+    assert question.student_prompt == encode(tokenizer, question_messages("Who steers the ferry Quillmoth?"))
+    assert question.teacher_prompt == encode(tokenizer, question_messages("Who steers the ferry Quillmoth?",
+                                                                          mems[0]["text"]))
+    assert continuation.teacher_prompt == encode(tokenizer, messages(continuation.prompt_text, mems[0]["text"]))
+    assert all(s.completion == [] and s.source == "memory" for s in samples)  # y: the teacher writes it again
+
+
+def test_night_rows_per_batch():
+    assert [rehearsal.night_rows_per_batch(4, share) for share in (0.0, 0.1, 0.5, 0.75, 0.99)] == [0, 1, 2, 3, 3]
+    assert rehearsal.night_rows_per_batch(1, 0.5) == 0  # a batch of one is the dream's
+    with pytest.raises(ValueError, match="rehearsal_night_share"):
+        DreamConfig(rehearsal_night_share=1.0)
+
+
+def test_rehearsal_mixes_tonights_prompts_into_every_batch(tiny_dir, cfg, monkeypatch):
+    cms, tokenizer, index = tonights_cms(tiny_dir, pool_size=1)
+    dm = type("Writer", (), {"tokenizer": tokenizer})()
+    dreams = [made_dream(dm)]
+    dreams[0].reward = 1
+    seed_cfg = Params().seed
+    seed_cfg.batch_size, seed_cfg.ks_max_new_tokens = 4, 6
+    cfg.rehearsal_steps, cfg.rehearsal_night_share = 3, 0.5
+    batches, written = [], []
+    real_loss, real_write = rehearsal.distillation_loss, teacher_side.write_completions
+
+    def spy_loss(cms_, tok, batch, *args, **kwargs):
+        batches.append([s.kind for s in batch])
+        return real_loss(cms_, tok, batch, *args, **kwargs)
+
+    def spy_write(teacher, tok, samples, cfg_):
+        written.append((list(cms.active_experts(LEVEL)), [s.prompt_text for s in samples if not s.completion]))
+        return real_write(teacher, tok, samples, cfg_)
+
+    monkeypatch.setattr(rehearsal, "distillation_loss", spy_loss)
+    monkeypatch.setattr(teacher_side, "write_completions", spy_write)
+    base = snapshot((n, p) for n, p in cms.base.named_parameters())
+    expert = [p.detach().clone() for p in cms.expert_parameters(LEVEL, index)]
+    losses, audit = rehearsal.rehearse(cms, tokenizer, dreams, memories(1), seed_cfg, cfg, LEVEL, index, night_rows())
+    assert len(losses) == 3 and dreams[0].used
+    # the one dream (a draw takes at most its pool) and 2 of tonight's prompts: round(0.5 x 4)
+    assert batches and all(b.count("dream:continuation") == 1 and len(b) == 3 for b in batches)
+    night_kinds = [k for b in batches for k in b if not k.startswith("dream:")]
+    assert len(night_kinds) == 6 and set(night_kinds) <= {"question", "continuation", "cloze"}
+    assert written[0][0] == [] and len(written[0][1]) == 3  # tonight's expert off; only the 3 night prompts written
+    assert {r["kind"] for r in audit} >= {"dream:continuation", "question", "continuation", "cloze"}
+    assert_same(base, cms.base.named_parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(expert, cms.expert_parameters(LEVEL, index)))
+
+
+def test_rehearsal_without_a_night_share_sees_only_dreams(tiny_dir, cfg, monkeypatch):
+    cms, tokenizer, index = tonights_cms(tiny_dir, pool_size=1)
+    dm = type("Writer", (), {"tokenizer": tokenizer})()
+    dreams = [made_dream(dm)]
+    dreams[0].reward = 1
+    batches = []
+    real_loss = rehearsal.distillation_loss
+    monkeypatch.setattr(rehearsal, "distillation_loss",
+                        lambda c, t, batch, *a, **k: batches.append([s.kind for s in batch]) or real_loss(c, t, batch,
+                                                                                                           *a, **k))
+    cfg.rehearsal_steps = 2
+    rehearsal.rehearse(cms, tokenizer, dreams, memories(1), Params().seed, cfg, LEVEL, index, night_rows())
+    assert batches and all(set(b) == {"dream:continuation"} for b in batches)

@@ -46,6 +46,7 @@ def test_disabled_dreaming_is_a_recorded_passthrough(night):
 def test_ks_night_rehearses_tonights_expert_and_no_probe_reaches_training(night, monkeypatch):
     params, ws = night
     params.seed.method = "ks"
+    params.dream.rehearsal_night_share = 0.5  # tonight's own prompts join rehearsal: read from seed's train_texts
     seed.run(params, ws)
     seen = []
     for name in ("__call__", "apply_chat_template"):  # every text the dream stage tokenizes or renders
@@ -76,6 +77,9 @@ def test_ks_night_rehearses_tonights_expert_and_no_probe_reaches_training(night,
     assert sum(r["used"] for r in ledger) == summary["used"] and all(r["reward"] == 1 for r in ledger if r["used"])
     audit = read_jsonl(out / "train_texts.jsonl")
     assert {r["use"] for r in audit} == {"trial", "writer", "rehearsal"}
+    seed_prompts = {r["prompt"] for r in read_jsonl(ws.night_model("n1") / "train_texts.jsonl")}
+    mixed = [r for r in audit if r["use"] == "rehearsal" and not r["kind"].startswith("dream:")]
+    assert mixed and {r["prompt"] for r in mixed if r["kind"] != "on-policy"} <= seed_prompts
     assert seen  # the spy saw the stage's tokenizer at work
     for text in seen + [(out / name).read_text() for name in ("train_texts.jsonl", "ledger.jsonl", "tau.jsonl")]:
         assert "canary" not in text.lower()

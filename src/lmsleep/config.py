@@ -189,6 +189,10 @@ class DreamConfig:
     writer_target_modules: list = _f(["q_proj", "v_proj"], "modules the writer LoRA adapts")
     rehearsal_steps: int = _f(8, "KS steps that train tonight's expert on the accepted dreams (batch: seed.batch_size)")
     rehearsal_lr: float = _f(1e-3, "AdamW learning rate of tonight's expert during rehearsal")
+    rehearsal_night_share: float = _f(0.0, "share of each rehearsal batch taken from tonight's own KS prompts (the "
+                                           "seed night's questions, continuations and clozes, y written again by "
+                                           "the teacher), so that a few dreams do not pull the expert off what it "
+                                           "learned; 0 = dreams only. KS nights only")
     seed: int = _f(0, "seed of dream sampling, selection and initialisation")
 
     def __post_init__(self) -> None:
@@ -203,6 +207,8 @@ class DreamConfig:
         for key in ("top_k", "random_b", "max_trials", "trial_steps", "writer_steps", "rehearsal_steps"):
             if getattr(self, key) < 0:
                 raise ValueError(f"params: dream.{key} must be >= 0")
+        if not 0.0 <= self.rehearsal_night_share < 1.0:
+            raise ValueError(f"params: dream.rehearsal_night_share must be in [0, 1), got {self.rehearsal_night_share}")
 
 
 @dataclass

@@ -306,7 +306,7 @@ def consolidate_ks_dream(model, tokenizer, memories, cfg: SeedConfig, history: H
     started = time.perf_counter()
     cms, losses, stats = _ks_night(model, tokenizer, memories, cfg, history)
     dreamt = dream_and_rehearse(cms, tokenizer, memories, cfg, dream_cfg, expert_index=stats["expert_index"],
-                                writer=history.writer)
+                                writer=history.writer, night_rows=stats["train_texts"])
     history.writer = dreamt.writer
     keep = {k: dreamt.stats[k] for k in ("made", "kept", "tested", "rewarded", "used") if k in dreamt.stats}
     return Consolidated(fold_cms(dreamt.cms), stats["train_texts"] + dreamt.audit,

@@ -49,12 +49,14 @@ class DreamResult:
 
 
 def dream_and_rehearse(cms, tokenizer, memories: list[dict[str, Any]], seed_cfg, dream_cfg, expert_index: int = 0,
-                       level: str = LEVEL, writer: str | Path | WriterState | None = None) -> DreamResult:
+                       level: str = LEVEL, writer: str | Path | WriterState | None = None,
+                       night_rows: list[dict[str, Any]] | None = None) -> DreamResult:
     """Dream about `memories` and rehearse tonight's expert (`expert_index` of `level`) on the accepted dreams.
 
     `cms` may have no free expert slot (consolidate_memories makes exactly one): then it is rewrapped with one more
     (`result.cms` is the object to use afterwards). `writer`: None (a fresh LoRA writer), a saved writer folder, or
-    the WriterState of an earlier call."""
+    the WriterState of an earlier call. `night_rows`: the seed night's train_texts rows, mixed into rehearsal at
+    dream_cfg.rehearsal_night_share (lmsleep.dream.rehearse)."""
     started = time.perf_counter()
     if not dream_cfg.enabled:
         return DreamResult(cms, expert_index, stats={"enabled": False, "seconds": 0.0})
@@ -100,7 +102,7 @@ def dream_and_rehearse(cms, tokenizer, memories: list[dict[str, Any]], seed_cfg,
               f"{len(kept)} tested, {sum(d.reward == 1 for d in made)} rewarded")
 
     cms, writer_state = dm.detach()
-    losses, audit = rehearse(cms, tokenizer, dreams, memories, seed_cfg, dream_cfg, level, expert_index)
+    losses, audit = rehearse(cms, tokenizer, dreams, memories, seed_cfg, dream_cfg, level, expert_index, night_rows)
     lap("rehearse", t)
     stats = {"enabled": True, **ledger_summary(dreams), "rounds": dream_cfg.rest_em_rounds if dream_cfg.rest_em else 1,
              "tau_items": sum(len(items) for items in tasks.values()),

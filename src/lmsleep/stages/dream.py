@@ -86,8 +86,10 @@ def run(params: Params, ws: Workspace) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     cms, tokenizer, index, before = _challenger_as_cms(ws, params, seed_lineage)
     writer = find_writer(ws, seed_lineage["parent"]["nights"])
+    seed_texts = ws.night_model(night) / "train_texts.jsonl"  # a KS night's prompts, for rehearsal_night_share
+    night_rows = read_jsonl(seed_texts) if seed_lineage.get("method") == "ks" and seed_texts.exists() else []
     result = dream_and_rehearse(cms, tokenizer, memories, params.seed, cfg, expert_index=index, level=LEVEL,
-                                writer=writer)
+                                writer=writer, night_rows=night_rows)
     rel = lambda p: str(Path(p).relative_to(ws.root))  # noqa: E731 - paths in lineages are relative to the root
     result.writer.source = rel(writer) if writer else "fresh"  # writer.json must not depend on where the root is
     save_writer(out_dir / "writer", result.writer, {"night": night, "rounds": result.stats["rounds"],
