@@ -176,7 +176,7 @@ def test_quality_sets_option_picks_the_sets():
 def test_quality_with_dreaming_and_an_ablation(ws, monkeypatch):
     """sleep_ks_dream runs the dream stage's own dream_and_rehearse after KS; the ablation turns one switch off."""
     monkeypatch.setattr(QualityBenchmark, "load", with_canaries(QualityBenchmark.load))
-    methods = ["base", "sleep_ks_dream", "sleep_ks_dream-rest_em"]
+    methods = ["base", "sleep_ks_dream", "sleep_ks_dream-rest_em", "sleep_ks_dream+night_mix"]
     assert main(["bench", "quality", "--seeds", "1", "--limit", "2", "--model", "tiny", "--root", str(ws.root),
                  "--out", "bench/dream-test", "--option", "sets=demo", "--methods", ",".join(methods),
                  *FAST, *SMALL_DREAM]) == 0
@@ -186,6 +186,11 @@ def test_quality_with_dreaming_and_an_ablation(ws, monkeypatch):
     for name in methods[1:]:
         assert steps[name]["made"] > 0 and steps[name]["dream_seconds"] > 0
         assert steps[name]["steps"] > 2  # KS steps plus rehearsal steps
+    assert [steps[n]["rehearsal_night_share"] for n in methods[1:]] == [0.0, 0.0, 0.5]
+    rows = [json.loads(line) for line in (out / "seed_quality_train_texts.jsonl").read_text().splitlines()]
+    rehearsed = lambda m: {r["kind"] for r in rows if r["method"] == m and r.get("use") == "rehearsal"}  # noqa: E731
+    assert rehearsed("sleep_ks_dream") and all(k.startswith("dream:") for k in rehearsed("sleep_ks_dream"))
+    assert rehearsed("sleep_ks_dream+night_mix") & {"question", "continuation", "cloze"}  # tonight's prompts too
     assert_no_probe_leak(out, "seed_quality", set(methods[1:]))
 
 

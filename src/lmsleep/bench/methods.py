@@ -32,7 +32,8 @@ Every trained method calls the project's own consolidators, so a benchmark measu
 
     sleep_ks_dream             sleep_ks, then lmsleep.dream.dream_and_rehearse (the dream stage's own code) on tonight's
                                expert; ablations -random_expert, -grad_selection, -rest_em (dream.* switches);
-                               the -dream ablation is sleep_ks itself
+                               the -dream ablation is sleep_ks itself; +night_mix: rehearsal batches also take
+                               tonight's own KS prompts (dream.rehearsal_night_share, the params' or 0.5)
 
 The KS methods' step records carry the objective they ran with (ks_lambda, ks_divergence, ks_alpha, ks_gamma, the
 receiver, LTI steps and judge), so an ablation's switch is visible in <stem>.json.
@@ -311,11 +312,18 @@ def consolidate_ks_dream(model, tokenizer, memories, cfg: SeedConfig, history: H
     keep = {k: dreamt.stats[k] for k in ("made", "kept", "tested", "rewarded", "used") if k in dreamt.stats}
     return Consolidated(fold_cms(dreamt.cms), stats["train_texts"] + dreamt.audit,
                         losses + dreamt.rehearsal_losses, round(time.perf_counter() - started, 1),
-                        {"prompts": stats["prompts"], "dream_seconds": dreamt.stats.get("seconds"), **keep})
+                        {"prompts": stats["prompts"], "dream_seconds": dreamt.stats.get("seconds"),
+                         "rehearsal_night_share": dream_cfg.rehearsal_night_share, **keep})
 
 
 def _ablation(**switches: bool):
     return lambda *args: consolidate_ks_dream(*args, **switches)
+
+
+def consolidate_ks_dream_night_mix(model, tokenizer, memories, cfg: SeedConfig, history: History) -> Consolidated:
+    """sleep_ks_dream with tonight's own KS prompts in every rehearsal batch (the params' share, or 0.5)."""
+    share = (history.dream.rehearsal_night_share if history.dream else 0.0) or 0.5
+    return consolidate_ks_dream(model, tokenizer, memories, cfg, history, rehearsal_night_share=share)
 
 
 # ---------------------------------------------------------------- the registry
@@ -351,6 +359,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("sleep_ks_dream-grad_selection", "sleep_ks_dream keeping random dreams, not gradient-selected ones",
            _ablation(grad_selection=False)),
     Method("sleep_ks_dream-rest_em", "sleep_ks_dream without ReST-EM on the dream writer", _ablation(rest_em=False)),
+    Method("sleep_ks_dream+night_mix", "sleep_ks_dream whose rehearsal batches also take tonight's own KS prompts "
+           "(dream.rehearsal_night_share: the params' or 0.5)", consolidate_ks_dream_night_mix),
 )}
 
 
