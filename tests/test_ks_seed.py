@@ -1,6 +1,7 @@
 """seed.method = ks (lmsleep.ks.consolidate): context distillation into one new CMS expert, on the tiny model."""
 
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 from tinyworld import CANARY_A, CANARY_Q, memory, tiny_workspace
 
+from lmsleep.config import SeedConfig
 from lmsleep.ks import consolidate as ks
 from lmsleep.ks import teacher as teacher_side
 from lmsleep.ks.samples import replay_samples
@@ -534,3 +536,19 @@ def test_ks_expert_level_layers_limit_the_adapter(night):
     seed.run(params, ws)
     adapter = load_file(ws.night_model("n1") / "adapter" / "adapter_model.safetensors")
     assert adapter and all(".layers.0.mlp." in k for k in adapter)
+
+
+def test_ks_passes_raise_the_step_count_with_the_nights_prompts(night):
+    from lmsleep.ks.consolidate import night_steps
+
+    cfg = SeedConfig(ks_steps=96, batch_size=4)
+    assert night_steps(cfg, 160) == 96  # 0 passes: exactly ks_steps
+    assert night_steps(SeedConfig(ks_steps=96, batch_size=4, ks_passes=4), 160) == 160
+    assert night_steps(SeedConfig(ks_steps=96, batch_size=4, ks_passes=4), 50) == 96  # never fewer than ks_steps
+    assert night_steps(SeedConfig(ks_steps=1, batch_size=4, ks_passes=1.5), 7) == 3  # ceil(10.5 / 4)
+    params, ws = night
+    params.seed.ks_steps, params.seed.ks_passes, params.seed.batch_size = 1, 2, 2
+    seed.run(params, ws)
+    log = json.loads((ws.night_model("n1") / "train_log.json").read_text())
+    prompts = len(read_jsonl(ws.night_model("n1") / "train_texts.jsonl"))  # lambda 0: one row per prompt
+    assert len(log["losses"]) == math.ceil(2 * prompts / 2) > 1

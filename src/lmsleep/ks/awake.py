@@ -28,6 +28,7 @@ import torch
 
 from lmsleep.allocator import return_freed_memory
 from lmsleep.cms import CMSConfig, LevelSpec, wrap_model
+from lmsleep.ks.consolidate import night_steps
 from lmsleep.ks.samples import sentences
 from lmsleep.ks.senders import OnlineFastLevelUpdater, consolidate_fast_level
 
@@ -71,7 +72,7 @@ def seed_through_fast_level(model, tokenizer, memories: list[dict[str, Any]], cf
                          "learned awake; lower the chunk or raise the passes")
     texts = [s for m in memories for s in sentences(m["text"])] + [m["text"] for m in memories]
     prompts = [tokenizer(t, add_special_tokens=False)["input_ids"][: cfg.max_length] for t in texts]
-    slept = consolidate_fast_level(cms, AWAKE, NIGHT, prompts, steps=cfg.ks_steps, lr=cfg.ks_lr,
+    slept = consolidate_fast_level(cms, AWAKE, NIGHT, prompts, steps=night_steps(cfg, len(prompts)), lr=cfg.ks_lr,
                                    divergence=cfg.ks_divergence, beta=cfg.ks_beta, batch_size=cfg.batch_size,
                                    teacher_topk=cfg.ks_teacher_topk or None, updater=updater, generator=generator)
     cms.eval()

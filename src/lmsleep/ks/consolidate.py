@@ -40,6 +40,7 @@ rounding). The teacher's side is prepared once by rank 0 and shared through the 
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -88,6 +89,13 @@ def _lti_loss(cms, tokenizer, samples: list[Sample], cfg, rng: random.Random, ju
                                              torch.ones(1, len(c), device=lg.device))[0]
                          for lg, c in zip(logits, completions)])
     return reinforce_loss(logps, advantages.to(logps.device)), float(rewards.mean())
+
+
+def night_steps(cfg, prompts: int) -> int:
+    """The night's optimizer steps: ks_steps, raised to ks_passes passes over its `prompts` when that is more."""
+    if cfg.ks_passes <= 0:
+        return cfg.ks_steps
+    return max(cfg.ks_steps, math.ceil(cfg.ks_passes * prompts / cfg.batch_size))
 
 
 def distillation_loss(cms, tokenizer, batch: list[Sample], cfg, level: str, index: int, rng: random.Random,
@@ -241,8 +249,9 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
         raise RuntimeError(f"ks rank {rank}: rank 0's teacher cache was not found in {teacher_cache}")
     if not pool:
         raise ValueError("ks: no training prompts could be built from tonight's memories")
+    steps = night_steps(cfg, len(pool))
     print(f"seed/ks: {len(memories)} memories, {len(pool)} prompts ({len(replay or [])} replay, "
-          f"{len(anchors or [])} anchor), {cfg.ks_steps} "
+          f"{len(anchors or [])} anchor), {steps} "
           f"steps, {receiver} ({sum(p.numel() for p in params):,} trainable), lambda {cfg.ks_lambda}, "
           f"alpha {cfg.ks_alpha}, {cfg.ks_divergence}, teacher top-k {cfg.ks_teacher_topk or 'full'}, "
           f"cache {cache_status}, device {device.type}" + (f", process {rank} of {world}" if world > 1 else ""))
@@ -253,7 +262,7 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
     order: list[Sample] = []
     on_policy_samples: list[Sample] = []
     losses, distill_losses, rl_losses, rewards = [], [], [], []
-    for _ in tqdm(range(cfg.ks_steps), desc="seed/ks", unit="step"):
+    for _ in tqdm(range(steps), desc="seed/ks", unit="step"):
         batch = draw_batch(pool, order, cfg.batch_size, rng)
         distill = None
         if cfg.ks_alpha > 0.0:
