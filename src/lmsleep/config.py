@@ -90,8 +90,8 @@ class SeedConfig:
     ks_steps: int = _f(96, "ks: optimizer steps (each on batch_size prompts)")
     ks_passes: float = _f(0.0, "ks: at least this many passes over tonight's prompts: the night runs max(ks_steps, "
                                "ceil(ks_passes x prompts / batch_size)) steps, so a bigger night trains each fact as "
-                               "often as a small one; 0 = exactly ks_steps. On squad20, 4 passes instead of 2 took "
-                               "KS from 38% to 58% of the gap (docs/results.md)")
+                               "often as a small one; 0 = exactly ks_steps. On squad20 (one seed), about 4 passes "
+                               "instead of 2 took KS from 38% to 58% of the gap (docs/results.md)")
     ks_lr: float = _f(2e-3, "ks: AdamW learning rate of the new expert")
     ks_expert_rank: int = _f(16, "ks: rank of the new low-rank expert (its alpha is 2 x rank)")
     ks_prompts_per_memory: int = _f(8, "ks: prompts per memory, spread over its sentences: questions the model "
@@ -196,7 +196,8 @@ class DreamConfig:
     rehearsal_night_share: float = _f(0.0, "share of each rehearsal batch taken from tonight's own KS prompts (the "
                                            "seed night's questions, continuations and clozes, y written again by "
                                            "the teacher), so that a few dreams do not pull the expert off what it "
-                                           "learned; 0 = dreams only. KS nights only")
+                                           "learned; 0 = dreams only. KS nights only. On squad20 0.5 did not help "
+                                           "(docs/results.md)")
     seed: int = _f(0, "seed of dream sampling, selection and initialisation")
 
     def __post_init__(self) -> None:

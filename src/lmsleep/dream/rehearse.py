@@ -12,9 +12,9 @@ the distillation step of `lmsleep.ks.consolidate`. Only tonight's expert is in t
 expert is exported as tonight's adapter in the same format the seed stage writes.
 
 `dream.rehearsal_night_share` mixes tonight's own KS prompts into every rehearsal batch (`night_samples`, rebuilt
-from the seed stage's train_texts rows; the teacher writes their y again, greedy as the night did): why, a night
-rewards a handful of dreams (2 to 4 of 80 on SQuAD) and 8 steps on those alone pulled tonight's expert away from
-what it had learned (docs/results.md, the dreaming ablations).
+from the seed stage's train_texts rows; the teacher writes their y again, greedy as the night did). The idea: a night
+rewards a handful of dreams (2 to 10 of 80 on squad20), and 8 steps on those alone once pulled tonight's expert away
+from what it had learned. Measured on squad20 it did not help (docs/results.md), so its default is 0.
 """
 
 from __future__ import annotations

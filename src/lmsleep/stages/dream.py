@@ -87,7 +87,8 @@ def run(params: Params, ws: Workspace) -> dict[str, Any]:
     cms, tokenizer, index, before = _challenger_as_cms(ws, params, seed_lineage)
     writer = find_writer(ws, seed_lineage["parent"]["nights"])
     seed_texts = ws.night_model(night) / "train_texts.jsonl"  # a KS night's prompts, for rehearsal_night_share
-    night_rows = read_jsonl(seed_texts) if seed_lineage.get("method") == "ks" and seed_texts.exists() else []
+    mix = cfg.rehearsal_night_share > 0 and seed_lineage.get("method") == "ks" and seed_texts.exists()
+    night_rows = read_jsonl(seed_texts) if mix else []
     result = dream_and_rehearse(cms, tokenizer, memories, params.seed, cfg, expert_index=index, level=LEVEL,
                                 writer=writer, night_rows=night_rows)
     rel = lambda p: str(Path(p).relative_to(ws.root))  # noqa: E731 - paths in lineages are relative to the root
