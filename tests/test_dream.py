@@ -2,6 +2,7 @@
 rehearsal, the switches."""
 
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -415,26 +416,37 @@ def test_night_rows_per_batch():
         DreamConfig(rehearsal_night_share=1.0)
 
 
+def one_rewarded_dream(tokenizer) -> list[Dream]:
+    dream = made_dream(SimpleNamespace(tokenizer=tokenizer))
+    dream.reward = 1
+    return [dream]
+
+
+def recording_batches(monkeypatch) -> list[list[str]]:
+    """The kinds of every rehearsal batch, in step order (the real loss still runs)."""
+    batches, real_loss = [], rehearsal.distillation_loss
+
+    def spy_loss(cms, tokenizer, batch, *args, **kwargs):
+        batches.append([s.kind for s in batch])
+        return real_loss(cms, tokenizer, batch, *args, **kwargs)
+
+    monkeypatch.setattr(rehearsal, "distillation_loss", spy_loss)
+    return batches
+
+
 def test_rehearsal_mixes_tonights_prompts_into_every_batch(tiny_dir, cfg, monkeypatch):
     cms, tokenizer, index = tonights_cms(tiny_dir, pool_size=1)
-    dm = type("Writer", (), {"tokenizer": tokenizer})()
-    dreams = [made_dream(dm)]
-    dreams[0].reward = 1
+    dreams = one_rewarded_dream(tokenizer)
     seed_cfg = Params().seed
     seed_cfg.batch_size, seed_cfg.ks_max_new_tokens = 4, 6
     cfg.rehearsal_steps, cfg.rehearsal_night_share = 3, 0.5
-    batches, written = [], []
-    real_loss, real_write = rehearsal.distillation_loss, teacher_side.write_completions
-
-    def spy_loss(cms_, tok, batch, *args, **kwargs):
-        batches.append([s.kind for s in batch])
-        return real_loss(cms_, tok, batch, *args, **kwargs)
+    batches, written = recording_batches(monkeypatch), []
+    real_write = teacher_side.write_completions
 
     def spy_write(teacher, tok, samples, cfg_):
         written.append((list(cms.active_experts(LEVEL)), [s.prompt_text for s in samples if not s.completion]))
         return real_write(teacher, tok, samples, cfg_)
 
-    monkeypatch.setattr(rehearsal, "distillation_loss", spy_loss)
     monkeypatch.setattr(teacher_side, "write_completions", spy_write)
     base = snapshot((n, p) for n, p in cms.base.named_parameters())
     expert = [p.detach().clone() for p in cms.expert_parameters(LEVEL, index)]
@@ -452,14 +464,8 @@ def test_rehearsal_mixes_tonights_prompts_into_every_batch(tiny_dir, cfg, monkey
 
 def test_rehearsal_without_a_night_share_sees_only_dreams(tiny_dir, cfg, monkeypatch):
     cms, tokenizer, index = tonights_cms(tiny_dir, pool_size=1)
-    dm = type("Writer", (), {"tokenizer": tokenizer})()
-    dreams = [made_dream(dm)]
-    dreams[0].reward = 1
-    batches = []
-    real_loss = rehearsal.distillation_loss
-    monkeypatch.setattr(rehearsal, "distillation_loss",
-                        lambda c, t, batch, *a, **k: batches.append([s.kind for s in batch]) or real_loss(c, t, batch,
-                                                                                                           *a, **k))
+    dreams = one_rewarded_dream(tokenizer)
+    batches = recording_batches(monkeypatch)
     cfg.rehearsal_steps = 2
     rehearsal.rehearse(cms, tokenizer, dreams, memories(1), Params().seed, cfg, LEVEL, index, night_rows())
     assert batches and all(set(b) == {"dream:continuation"} for b in batches)
