@@ -119,6 +119,20 @@ def test_limited_sequential_run_fills_R_and_never_trains_on_probes(ws, tmp_path)
     assert set(head["methods"]["sft"]) >= {"acc", "bwt", "fwt", "forgetting", "perplexity_drift"}
     assert head["methods"]["base"]["bwt"]["mean"] == 0  # the untrained model does not change
     assert "Issue 5" in (tmp_path / "nights.md").read_text()
+    assert "Reads the next night" in (tmp_path / "nights.md").read_text()
+
+    # after each night but the last, a trained model is asked the NEXT night's probes with their memory in context
+    night01 = {p["question"] for m in bench.load(2)[1].memories for p in m["probes"]}
+    for step in result["steps"]:
+        reads = step.get("next_in_context_accuracy")
+        if step["method"] in ("sft", "sleep_ks") and step["after"] == "night00":
+            assert 0.0 <= reads <= 1.0
+            assert {e["question"] for e in step["next_in_context_examples"]} <= night01
+        else:
+            assert reads is None and "next_in_context_examples" not in step, step
+    assert head["methods"]["sleep_ks"]["reads_next"]["mean"] == next(
+        s["next_in_context_accuracy"] for s in result["steps"] if s["method"] == "sleep_ks" and s["after"] == "night00")
+    assert head["methods"]["base"]["reads_next"] is None
 
     # probes never reach training: not in what the methods trained on, nor in the pretraining corpus
     questions = {json.loads(line)["question"] for line in (tmp_path / "nights_answers.jsonl").read_text().splitlines()}

@@ -552,3 +552,49 @@ def test_ks_passes_raise_the_step_count_with_the_nights_prompts(night):
     log = json.loads((ws.night_model("n1") / "train_log.json").read_text())
     prompts = len(read_jsonl(ws.night_model("n1") / "train_texts.jsonl"))  # lambda 0: one row per prompt
     assert len(log["losses"]) == math.ceil(2 * prompts / 2) > 1
+
+
+def test_reading_twins_train_tonights_prompts_with_the_memory_on_both_sides(night):
+    """A reading twin is an original prompt with the memory in the student's context too: at activation (B = 0) the
+    student then equals the teacher on it (zero loss), while the originals, read without the memory, are not."""
+    import random
+
+    from lmsleep.ks.samples import reading_twins
+
+    params, ws = night
+    cfg = ks_params(params, ks_reading_share=0.5).seed
+    model, tokenizer = load_base(ws.base_model("tiny"))
+    memories = read_jsonl(ws.night_data(params.night.id) / "accepted.jsonl")
+    cms = ks.wrap_model(model, ks.CMSConfig(levels=[ks.LevelSpec(name=ks.LEVEL, pool_size=1, rank=4, alpha=8.0)]))
+    index = cms.activate_expert(ks.LEVEL, torch.Generator().manual_seed(0))
+    samples, _, _, _ = ks._prepare_samples(cms, tokenizer, memories, cfg, ks.LEVEL, index, None, None, None, "")
+    originals = [s for s in samples if s.source == "memory"]
+    twins = [s for s in samples if s.source == "reading"]
+    assert len(twins) == round(0.5 * len(originals)) > 0
+    for twin in twins:
+        [same] = [s for s in originals if s.teacher_prompt == twin.teacher_prompt and s.completion == twin.completion]
+        assert twin.student_prompt == twin.teacher_prompt != same.student_prompt
+        assert twin.teacher_logprobs is same.teacher_logprobs  # no extra teacher work
+        assert any(m["text"] in tokenizer.decode(twin.student_prompt) for m in memories)
+
+    def loss(batch):
+        return float(ks.distillation_loss(cms, tokenizer, batch, cfg, ks.LEVEL, index, random.Random(0), {})[0])
+
+    assert loss(twins) < 1e-5 < loss(originals)
+    assert reading_twins(samples, 0.0, random.Random(0)) == []
+    with pytest.raises(ValueError, match="ks_reading_share"):
+        reading_twins(samples, 1.5, random.Random(0))
+
+
+def test_ks_night_logs_its_reading_twins(night):
+    params, ws = night
+    params.seed.ks_reading_share = 1.0
+    seed.run(params, ws)
+    records = read_jsonl(ws.night_model(params.night.id) / "train_texts.jsonl")
+    reading = [r for r in records if r["source"] == "reading"]
+    tonight = [r for r in records if r["source"] == "memory"]
+    assert len(reading) == len(tonight) > 0
+    assert sorted(r["prompt"] for r in reading) == sorted(r["prompt"] for r in tonight)
+    log = json.loads((ws.night_model(params.night.id) / "train_log.json").read_text())
+    assert log["ks"]["reading_prompts"] == len(reading)
+    assert "canary" not in (ws.night_model(params.night.id) / "train_texts.jsonl").read_text().lower()

@@ -131,6 +131,10 @@ class SeedConfig:
                                    "the new expert leaves general behaviour alone; 0 = none")
     ks_anchor_file: str = _f("", "ks: the anchor prompts, one per line; '' = the bundled "
                                  "src/lmsleep/ks/anchor_prompts.txt")
+    ks_reading_share: float = _f(0.0, "ks: share of tonight's prompts also trained with the memory in context on BOTH "
+                                      "sides (teacher = the model as it is, the same y): the new expert must leave "
+                                      "in-context reading alone, or tomorrow's teacher reads worse (lmsleep.ks."
+                                      "samples.reading_twins); 0 = none")
     ks_teacher_topk: int = _f(64, "ks: the teacher's k most likely next tokens kept per position (plus a tail bucket; "
                                   "lmsleep.ks.teacher); 0 = the full vocabulary (exact, vocab x 4 bytes per token)")
     ks_teacher_cache: bool = _f(True, "ks: keep the teacher's samples and log-probs in data/nights/<night>/"

@@ -20,6 +20,8 @@ Outputs in --out (default bench/results), stem = the benchmark's result name:
                             runs, the benchmark's headline
   <stem>.md, <stem>*.png    a Markdown table and plots (lmsleep.bench.report)
   <stem>_answers.jsonl      every probe's prediction and grade; <stem>_train_texts.jsonl: everything trained on
+In a sequential run, a trained method's step record also holds next_in_context_accuracy (and a few examples): the
+carried model asked the next task's probes WITH their memory in context, i.e. what the next night's teacher reads.
 and a W&B run (offline by default: tracking.wandb_mode) with the same numbers.
 """
 
@@ -125,6 +127,10 @@ def get_benchmark(name: str, **options: Any) -> Benchmark:
 # ---------------------------------------------------------------- one chain of tasks, one method, one seed
 
 
+_READER = Method("reads", "the carried model asked with the memory in context (a measurement, not a method)",
+                 in_context=True)
+
+
 def _answer(bench: Benchmark, method: Method, model, tokenizer, rows, seen, params: Params, label: str):
     cfg = params.evaluate
     contexts = [bench.icl_context(r, seen) if method.in_context else None for r in rows]
@@ -134,6 +140,16 @@ def _answer(bench: Benchmark, method: Method, model, tokenizer, rows, seen, para
     return [{"task": r["night"], "memory_id": r["memory_id"], "question": r["question"], "answer": r["answer"],
              "in_context": c is not None, "prediction": p, **bench.grade(p, r["answer"], params)}
             for r, c, p in zip(rows, contexts, predictions)]
+
+
+def _reads_next(bench: Benchmark, model, tokenizer, task: Task, params: Params, label: str) -> dict[str, Any]:
+    """Accuracy of the carried model on the next task's probes WITH their memory in context: what tomorrow night's
+    teacher (this model reading tomorrow's memory) can still read. A consolidator that damages in-context reading
+    starves every later night (the nights benchmark's KS collapse was first suspected to be this)."""
+    rows = probe_rows(task.name, task.memories, task.group)
+    answers = _answer(bench, _READER, model, tokenizer, rows, [task.name], params, f"{label}: reads {task.name}")
+    return {"next_in_context_accuracy": sum(a["correct"] for a in answers) / len(answers) if answers else None,
+            "next_in_context_examples": [{k: a[k] for k in ("question", "answer", "prediction")} for a in answers[:4]]}
 
 
 def run_chain(bench: Benchmark, method: Method, chain: list[Task], seed: int, params: Params, model_dir: Path,
@@ -159,6 +175,8 @@ def run_chain(bench: Benchmark, method: Method, chain: list[Task], seed: int, pa
             history.nights.append(task.name)
             history.memories += task.memories
             label = f"seed {seed} {method.name} after {task.name}"
+            if method.trains and step + 1 < len(chain):
+                trained |= _reads_next(bench, model, tokenizer, chain[step + 1], params, label)
             answers = _answer(bench, method, model, tokenizer, rows, history.nights, params, label)
             ppl = perplexity(model, tokenizer, reference, params.evaluate.max_reference_tokens)
             base = {"seed": seed, "method": method.name, "after": task.name, "step": step}

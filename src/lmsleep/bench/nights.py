@@ -108,7 +108,8 @@ class NightsBenchmark(Benchmark):
                 **{key: {k: r[key][k] for k in ("mean", "ci95", "ci_method", "per_seed")}
                    for key in ("acc", "bwt", "fwt", "forgetting", "perplexity_drift")},
                 "final_first_night": R[-1][0] if R else None, "final_last_night": R[-1][-1] if R else None,
-                "diagonal_mean": sum(R[i][i] for i in range(len(R))) / len(R) if R else None}
+                "diagonal_mean": sum(R[i][i] for i in range(len(R))) / len(R) if R else None,
+                "reads_next": _reads_next(result.get("steps", []), method)}
         return out
 
     def headline_markdown(self, headline: dict[str, Any]) -> list[str]:
@@ -119,15 +120,37 @@ class NightsBenchmark(Benchmark):
             return f(s["mean"]) + (f" [{f(s['ci95'][0])}, {f(s['ci95'][1])}]" if s["ci95"] else "")
 
         lines = [f"## Issue 5: {headline['nights']} nights in sequence ({headline['probes']} probes; 95% intervals)",
-                 "", "| method | ACC | BWT | FWT | forgetting | R[last][first] | mean R[i][i] | perplexity drift |",
-                 "|---|---|---|---|---|---|---|---|"]
+                 "", "| method | ACC | BWT | FWT | forgetting | R[last][first] | mean R[i][i] | perplexity drift "
+                     "| reads the next night in context (mean; after night 1 → after the last) |",
+                 "|---|---|---|---|---|---|---|---|---|"]
         for method, m in headline["methods"].items():
             first = "n/a" if m["final_first_night"] is None else f"{m['final_first_night']:.1%}"
             diag = "n/a" if m["diagonal_mean"] is None else f"{m['diagonal_mean']:.1%}"
+            reads = m.get("reads_next")
+            read = "n/a" if not reads else (f"{reads['mean']:.0%} ({reads['after_first_night']:.0%} → "
+                                            f"{reads['after_last_scored_night']:.0%})")
             lines.append(f"| {method} | {stat(m['acc'])} | {stat(m['bwt'])} | {stat(m['fwt'])} "
-                         f"| {stat(m['forgetting'])} | {first} | {diag} | {stat(m['perplexity_drift'])} |")
+                         f"| {stat(m['forgetting'])} | {first} | {diag} | {stat(m['perplexity_drift'])} | {read} |")
         return lines + ["", "R[i][j] = accuracy on night j's probes after night i (no context; icl: in context once "
-                            "seen). ACC = mean of the last row; BWT < 0 and forgetting > 0 mean earlier nights fade."]
+                            "seen). ACC = mean of the last row; BWT < 0 and forgetting > 0 mean earlier nights fade. "
+                            "'Reads the next night': the carried model's accuracy on night i+1's probes with their "
+                            "memory in context, after night i: what the next night's teacher can read (trained "
+                            "methods only)."]
+
+
+def _reads_next(steps: list[dict[str, Any]], method: str) -> dict[str, Any] | None:
+    """The carried model's in-context accuracy on the next night's probes (the harness's next_in_context_accuracy),
+    mean over nights and seeds, first and last night: what each night's teacher could still read."""
+    reads = [s for s in steps if s["method"] == method and s.get("next_in_context_accuracy") is not None]
+    if not reads:
+        return None
+    by_step = {}
+    for s in reads:
+        by_step.setdefault(s["step"], []).append(s["next_in_context_accuracy"])
+    first, last = min(by_step), max(by_step)
+    return {"mean": sum(s["next_in_context_accuracy"] for s in reads) / len(reads),
+            "after_first_night": sum(by_step[first]) / len(by_step[first]),
+            "after_last_scored_night": sum(by_step[last]) / len(by_step[last])}
 
 
 # ---------------------------------------------------------------- pretraining the world model

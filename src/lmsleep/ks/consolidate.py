@@ -12,6 +12,8 @@ sentence starts and questions the teacher wrote about each sentence, plus up to 
 earlier nights of the champion lineage, passed in by the seed stage as `replay`. A replay prompt's teacher is the
 current model WITHOUT any memory in context (and the new expert off): that knowledge is already in the weights, so the
 student must keep answering as before (a retention regulariser; audited with "source": "replay:<night>").
+With `ks_reading_share` > 0 some of tonight's prompts come back once more with the memory in the student's context
+too, the same y (`reading_twins`, "source": "reading"): the expert must leave reading in context as it was.
 
 Distillation (GKD, §4a). Every prompt gets one teacher completion y, sampled once; the teacher's log-probs over y
 are computed once (`lmsleep.ks.teacher.score`, inference mode; top-k with `ks_teacher_topk`) and reused every time
@@ -57,7 +59,7 @@ from lmsleep.ks.divergence import generalized_distillation_loss
 from lmsleep.ks.imitation import (combined_ks_objective, completion_logprobs, group_normalised_advantages,
                                   imitation_reward, random_prefix_split, reinforce_loss)
 from lmsleep.ks.rollout import checkpointed_layers, completion_logits, sample_completions
-from lmsleep.ks.samples import Sample, build_samples, draw_batch
+from lmsleep.ks.samples import Sample, build_samples, draw_batch, reading_twins
 
 LEVEL = "night"  # the first (and here only) CMS level: the receiver of tonight's expert
 
@@ -165,6 +167,9 @@ def _prepare_samples(cms, tokenizer, memories, cfg, level: str, index: int, repl
                                         prefixes)
     if teacher_cache and not cached:
         teacher_side.save_cache(teacher_cache, key, samples)
+    # after the cache: twins are derived from the teacher's samples, so the cache (and its key) stay the same
+    samples = samples + reading_twins(samples, getattr(cfg, "ks_reading_share", 0.0),
+                                      random.Random(f"reading-{cfg.seed}"))
     return samples, prefixes if loop_scores else {}, scored, ("hit" if cached else "miss" if teacher_cache else "off")
 
 
@@ -251,7 +256,7 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
         raise ValueError("ks: no training prompts could be built from tonight's memories")
     steps = night_steps(cfg, len(pool))
     print(f"seed/ks: {len(memories)} memories, {len(pool)} prompts ({len(replay or [])} replay, "
-          f"{len(anchors or [])} anchor), {steps} "
+          f"{len(anchors or [])} anchor, {sum(s.source == 'reading' for s in pool)} reading), {steps} "
           f"steps, {receiver} ({sum(p.numel() for p in params):,} trainable), lambda {cfg.ks_lambda}, "
           f"alpha {cfg.ks_alpha}, {cfg.ks_divergence}, teacher top-k {cfg.ks_teacher_topk or 'full'}, "
           f"cache {cache_status}, device {device.type}" + (f", process {rank} of {world}" if world > 1 else ""))
@@ -299,6 +304,7 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
         p.requires_grad_(False)
     stats = {"prompts": len(pool), "replay_prompts": sum(s.source.startswith("replay") for s in pool),
              "anchor_prompts": sum(s.source == "anchor" for s in pool),
+             "reading_prompts": sum(s.source == "reading" for s in pool),
              "teacher_samples": teacher_samples, "teacher_cache": cache_status, "distill_losses": distill_losses,
              "lti_losses": rl_losses, "lti_rewards": rewards, "expert_index": index,
              "judge": None if judge is None else ("model" if judge.uses_model else "exact-match"),

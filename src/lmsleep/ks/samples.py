@@ -19,6 +19,9 @@ text tends to come back as the same question, see docs/results.md):
                 sampled per sentence; `ks_phrasings_per_question` of them (distinct ones) are kept, default 1.
   replay        earlier nights' prompts (lmsleep.stages.seed.replay_prompts); student prompt == teacher prompt (no
                 memory): that knowledge is already in the weights and the student must keep it (retention).
+  reading       (`ks_reading_share` of tonight's prompts, after the teacher has written y) the same prompt and y with
+                the memory in context for the student too: the expert must not change what the model answers while
+                it reads a memory (the nights benchmark's carried model lost its in-context reading without this)
   anchor        general requests from data/anchor_prompts.txt (`ks_anchor_prompts` of them), teacher = the model as
                 it is: the expert must leave general behaviour alone (the first night has nothing to replay).
 A Sample's teacher completion y and the teacher's log-probs over y are filled in later (lmsleep.ks.teacher).
@@ -174,6 +177,18 @@ def build_samples(model, tokenizer, memories: list[dict[str, Any]], cfg, rng: ra
                 samples.append(Sample(mid, "question", encode(tokenizer, question_messages(q)),
                                       encode(tokenizer, question_messages(q, text)), q, []))
     return samples + replay_samples(tokenizer, replay or [])
+
+
+def reading_twins(samples: list[Sample], share: float, rng: random.Random) -> list[Sample]:
+    """Copies of round(share x n) of tonight's n memory prompts (a seeded choice) whose student reads the memory too:
+    student prompt = teacher prompt, the teacher's y and log-probs shared (no extra teacher work). Trained with the
+    rest, they pull the new expert's effect on an in-context answer to zero."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"params: seed.ks_reading_share must be in [0, 1], got {share}")
+    tonight = [s for s in samples if s.source == "memory"]
+    chosen = rng.sample(tonight, round(share * len(tonight))) if share > 0 else []
+    return [Sample(s.memory_id, s.kind, s.teacher_prompt, s.teacher_prompt, s.prompt_text, s.completion,
+                   s.teacher_logprobs, s.teacher_ids, source="reading") for s in chosen]
 
 
 BUNDLED_ANCHORS = Path(__file__).with_name("anchor_prompts.txt")
