@@ -121,7 +121,7 @@ class NightsBenchmark(Benchmark):
 
         lines = [f"## Issue 5: {headline['nights']} nights in sequence ({headline['probes']} probes; 95% intervals)",
                  "", "| method | ACC | BWT | FWT | forgetting | R[last][first] | mean R[i][i] | perplexity drift "
-                     "| reads the next night in context (mean; after night 1 → after the last) |",
+                     "| reads the next night in context (mean; after the first night → after the last) |",
                  "|---|---|---|---|---|---|---|---|---|"]
         for method, m in headline["methods"].items():
             first = "n/a" if m["final_first_night"] is None else f"{m['final_first_night']:.1%}"
