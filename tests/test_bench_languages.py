@@ -13,13 +13,14 @@ import pytest
 from lmsleep.bench import harness
 from lmsleep.bench.chrf import chrf, corpus_chrf
 from lmsleep.bench.languages import LanguagesBenchmark, build_lessons, probe_leaks, read_dictionary
+from lmsleep.bench.squad import shared_data
 from lmsleep.config import load_params, parse_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 FAST = {"seed.epochs": "1", "seed.ks_steps": "2", "seed.ks_max_new_tokens": "6", "seed.ks_expert_rank": "4",
         "seed.ks_prompts_per_memory": "2", "seed.ks_question_share": "0.5", "evaluate.max_new_tokens": "4"}
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lowres_dictionaria"
+REAL = shared_data() / "lowres_dictionaria"  # ../shared/data, or LMSLEEP_SHARED_DATA (a worktree elsewhere)
 
 
 # ---------------------------------------------------------------- chrF

@@ -11,6 +11,7 @@ import pytest
 from lmsleep.bench import harness
 from lmsleep.bench.arc import ArcBenchmark, grid_text, parse_grid
 from lmsleep.bench.math import MathBenchmark, answers_match, final_answer, last_boxed
+from lmsleep.bench.squad import shared_data
 from lmsleep.cli import main
 from lmsleep.config import Params, load_params, parse_overrides
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 FAST = ["seed.epochs=1", "seed.ks_steps=2", "seed.ks_max_new_tokens=6", "seed.ks_expert_rank=4",
         "seed.ks_prompts_per_memory=2", "seed.ks_question_share=0.5", "evaluate.max_new_tokens=4"]
-REAL_ARC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "arc"
+REAL_ARC = shared_data() / "arc"  # ../shared/data, or LMSLEEP_SHARED_DATA (a worktree elsewhere)
 
 
 @pytest.fixture(scope="module")
