@@ -164,12 +164,22 @@ def world_model_dir(ws: Workspace, settings: dict[str, Any]) -> Path:
     return ws.root / "models" / "bench" / f"world-{settings_hash(settings)}"
 
 
+READING_ANCHORS = "reading_anchors.txt"  # beside the world model: --set seed.ks_anchor_file=<it>
+
+
 def ensure_world_model(ws: Workspace, settings: dict[str, Any], dtype: str = "float32") -> Path:
-    """The pretrained world model for `settings`: built once (models/bench/world-<hash>/), then found."""
+    """The pretrained world model for `settings`: built once (models/bench/world-<hash>/), then found; its reading
+    anchors (READING_ANCHORS: 256 in-context reading prompts about throw-away people) are written beside it."""
     dest = world_model_dir(ws, settings)
-    if (dest / "config.json").exists() and (dest / "pretrain.json").exists():
-        return dest
-    pretrain_world_model(dest, settings, dtype)
+    if not ((dest / "config.json").exists() and (dest / "pretrain.json").exists()):
+        pretrain_world_model(dest, settings, dtype)
+    anchors = dest / READING_ANCHORS
+    if not anchors.exists():
+        lines = [a.replace("\n", "\\n") for a in world_of(settings).reading_anchors(256)]
+        tmp = anchors.with_suffix(".tmp")
+        tmp.write_text("# in-context reading anchors for seed.ks_anchor_file (lmsleep.bench.world.reading_anchors)\n"
+                       + "\n".join(lines) + "\n", encoding="utf-8")
+        tmp.replace(anchors)
     return dest
 
 

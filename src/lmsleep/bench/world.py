@@ -215,6 +215,19 @@ class World:
         """Every person of the nights and the reference text: never in pretraining."""
         return {p.name for night in self.night_people for p in night} | {p.name for p in self.reference_people}
 
+    def reading_anchors(self, count: int, seed: int = 0) -> list[str]:
+        """`count` in-context reading prompts about throw-away people (never a night's, reference or pretraining
+        person), in the evaluate stage's format with WRITER wording (never a probe's): the user turn of
+        question_messages(question, memory). As KS anchors (seed.ks_anchor_file), the teacher is the model as it is,
+        so tonight's expert is trained to leave reading other people's texts alone."""
+        rng = random.Random(f"reading-anchors-{self.seed}-{seed}")
+        out = []
+        for _ in range(count):
+            person = self.fresh_person(rng, rng.randint(1, 3))
+            fact = rng.choice(person.facts)
+            out.append(question_messages(fact.question(rng, "writer"), self.text(person, rng))[0]["content"])
+        return out
+
     # ------------------------------------------------------------ the pretraining corpus
 
     def pretraining_examples(self, count: int, seed: int = 0) -> list[dict[str, Any]]:

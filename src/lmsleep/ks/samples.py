@@ -195,12 +195,13 @@ BUNDLED_ANCHORS = Path(__file__).with_name("anchor_prompts.txt")
 
 
 def read_anchor_prompts(path: str | Path, count: int, seed: int) -> list[str]:
-    """`count` prompts (seeded sample) of the anchor file ('' = the bundled one): one general request per line,
-    '#' lines are comments."""
+    """`count` prompts (seeded sample) of the anchor file ('' = the bundled one): one request per line, '#' lines are
+    comments, and a literal backslash-n in a line is a line break (so one line can hold a text and a question about
+    it: a reading anchor, e.g. lmsleep.bench.world.World.reading_anchors)."""
     if count <= 0:
         return []
     lines = [line.strip() for line in Path(path or BUNDLED_ANCHORS).read_text(encoding="utf-8").splitlines()]
-    prompts = [line for line in lines if line and not line.startswith("#")]
+    prompts = [line.replace("\\n", "\n") for line in lines if line and not line.startswith("#")]
     return random.Random(f"anchors-{seed}").sample(prompts, min(count, len(prompts)))
 
 
