@@ -598,3 +598,17 @@ def test_ks_night_logs_its_reading_twins(night):
     log = json.loads((ws.night_model(params.night.id) / "train_log.json").read_text())
     assert log["ks"]["reading_prompts"] == len(reading)
     assert "canary" not in (ws.night_model(params.night.id) / "train_texts.jsonl").read_text().lower()
+
+
+def test_ks_night_trains_on_its_anchor_prompts(night, tmp_path):
+    """seed.ks_anchor_prompts really reaches the night's pool (it once did not: build_samples dropped them)."""
+    params, ws = night
+    anchors = tmp_path / "anchors.txt"
+    anchors.write_text("# comment\nSay hello.\nText:\\nAda keeps a goat.\\n\\nQuestion: What does Ada keep?\n")
+    params.seed.ks_anchor_prompts, params.seed.ks_anchor_file = 2, str(anchors)
+    seed.run(params, ws)
+    records = read_jsonl(ws.night_model(params.night.id) / "train_texts.jsonl")
+    trained = sorted(r["prompt"] for r in records if r["source"] == "anchor")
+    assert trained == ["Say hello.", "Text:\nAda keeps a goat.\n\nQuestion: What does Ada keep?"]
+    log = json.loads((ws.night_model(params.night.id) / "train_log.json").read_text())
+    assert log["ks"]["anchor_prompts"] == 2

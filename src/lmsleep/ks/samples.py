@@ -176,7 +176,7 @@ def build_samples(model, tokenizer, memories: list[dict[str, Any]], cfg, rng: ra
             for q in distinct_questions([tokenizer.decode(t, skip_special_tokens=True) for t in tries], keep):
                 samples.append(Sample(mid, "question", encode(tokenizer, question_messages(q)),
                                       encode(tokenizer, question_messages(q, text)), q, []))
-    return samples + replay_samples(tokenizer, replay or [])
+    return samples + replay_samples(tokenizer, replay or []) + anchor_samples(tokenizer, anchors or [])
 
 
 def reading_twins(samples: list[Sample], share: float, rng: random.Random) -> list[Sample]:
