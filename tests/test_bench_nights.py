@@ -92,6 +92,27 @@ def test_world_model_is_pretrained_once_then_reused(ws, monkeypatch):
     # other settings are another model
     with pytest.raises(AssertionError, match="pretrained again"):
         ensure_world_model(ws, settings | {"steps": 7})
+    # the reading anchors beside it read back (line breaks and all) as the world wrote them
+    from lmsleep.ks.samples import read_anchor_prompts
+
+    anchors = read_anchor_prompts(path / nights.READING_ANCHORS, 10_000, seed=0)
+    assert sorted(anchors) == sorted(nights.world_of(settings).reading_anchors(256))
+
+
+def test_reading_anchors_are_about_throwaway_people_and_never_probes():
+    world = World(seed=0, nights=30, people=60)
+    anchors = world.reading_anchors(200)
+    assert anchors == world.reading_anchors(200) and anchors != world.reading_anchors(200, seed=1)
+    known = world.reserved_names() | {p.name for p in world.people}
+    probes = {p["question"] for night in world.nights for m in night for p in probes_of(m)}
+    for anchor in anchors:
+        text, question = anchor.split("\n\n", 1)
+        assert text.startswith("Text:\n") and "\nQuestion: " in question and question.endswith("?")
+        assert not [name for name in known if name in anchor]
+        assert not [q for q in probes if q in anchor]
+        asked = question.split("Question: ")[1]
+        assert not [t for _, probe_templates, _ in RELATIONS.values() for t in probe_templates
+                    if t.split("{n}")[0] and asked.startswith(t.split("{n}")[0]) and asked.endswith(t.split("{n}")[1])]
 
 
 def test_limited_sequential_run_fills_R_and_never_trains_on_probes(ws, tmp_path):

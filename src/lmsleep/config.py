@@ -127,9 +127,11 @@ class SeedConfig:
                                    "train_texts.jsonl; never probes); their teacher is the model WITHOUT any memory "
                                    "in context, so the student keeps answering as before (retention); 0 = none")
     ks_expert_level_layers: list = _f([], "ks: decoder layers whose MLPs the new expert covers (indices); [] = all")
-    ks_anchor_prompts: int = _f(0, "ks: general requests (no memory) trained with the model as it is as teacher, so "
-                                   "the new expert leaves general behaviour alone; 0 = none")
-    ks_anchor_file: str = _f("", "ks: the anchor prompts, one per line; '' = the bundled "
+    ks_anchor_prompts: int = _f(0, "ks: anchor prompts (unrelated to tonight) trained with the model as it is as "
+                                   "teacher, so the new expert leaves that behaviour alone; 0 = none. In-context "
+                                   "reading anchors kept the nights benchmark's teacher reading (docs/results.md)")
+    ks_anchor_file: str = _f("", "ks: the anchor prompts, one per line ('\\n' in a line is a line break, so a "
+                                 "line can hold a text and a question about it); '' = the bundled general requests "
                                  "src/lmsleep/ks/anchor_prompts.txt")
     ks_reading_share: float = _f(0.0, "ks: share of tonight's prompts also trained with the memory in context on BOTH "
                                       "sides (teacher = the model as it is, the same y): the new expert must leave "
