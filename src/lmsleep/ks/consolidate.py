@@ -255,8 +255,12 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
     if not pool:
         raise ValueError("ks: no training prompts could be built from tonight's memories")
     steps = night_steps(cfg, len(pool))
-    print(f"seed/ks: {len(memories)} memories, {len(pool)} prompts ({len(replay or [])} replay, "
-          f"{len(anchors or [])} anchor, {sum(s.source == 'reading' for s in pool)} reading), {steps} "
+    # counted in the pool, not from the arguments: a count of what was asked for once hid anchors that never trained
+    sources = {"replay_prompts": sum(s.source.startswith("replay") for s in pool),
+               "anchor_prompts": sum(s.source == "anchor" for s in pool),
+               "reading_prompts": sum(s.source == "reading" for s in pool)}
+    print(f"seed/ks: {len(memories)} memories, {len(pool)} prompts ({sources['replay_prompts']} replay, "
+          f"{sources['anchor_prompts']} anchor, {sources['reading_prompts']} reading), {steps} "
           f"steps, {receiver} ({sum(p.numel() for p in params):,} trainable), lambda {cfg.ks_lambda}, "
           f"alpha {cfg.ks_alpha}, {cfg.ks_divergence}, teacher top-k {cfg.ks_teacher_topk or 'full'}, "
           f"cache {cache_status}, device {device.type}" + (f", process {rank} of {world}" if world > 1 else ""))
@@ -302,10 +306,7 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
     student.eval()
     for p in params:
         p.requires_grad_(False)
-    stats = {"prompts": len(pool), "replay_prompts": sum(s.source.startswith("replay") for s in pool),
-             "anchor_prompts": sum(s.source == "anchor" for s in pool),
-             "reading_prompts": sum(s.source == "reading" for s in pool),
-             "teacher_samples": teacher_samples, "teacher_cache": cache_status, "distill_losses": distill_losses,
+    stats = {"prompts": len(pool), **sources, "teacher_samples": teacher_samples, "teacher_cache": cache_status, "distill_losses": distill_losses,
              "lti_losses": rl_losses, "lti_rewards": rewards, "expert_index": index,
              "judge": None if judge is None else ("model" if judge.uses_model else "exact-match"),
              "seconds": round(time.perf_counter() - started, 1),

@@ -22,8 +22,9 @@ text tends to come back as the same question, see docs/results.md):
   reading       (`ks_reading_share` of tonight's prompts, after the teacher has written y) the same prompt and y with
                 the memory in context for the student too: the expert must not change what the model answers while
                 it reads a memory (the nights benchmark's carried model lost its in-context reading without this)
-  anchor        general requests from data/anchor_prompts.txt (`ks_anchor_prompts` of them), teacher = the model as
-                it is: the expert must leave general behaviour alone (the first night has nothing to replay).
+  anchor        `ks_anchor_prompts` requests from `ks_anchor_file` (bundled: general requests; the nights benchmark's
+                world writes in-context reading anchors), teacher = the model as it is: the expert must leave that
+                behaviour alone (the first night has nothing to replay).
 A Sample's teacher completion y and the teacher's log-probs over y are filled in later (lmsleep.ks.teacher).
 """
 
