@@ -39,7 +39,7 @@ import torch
 from lmsleep.bench.harness import Benchmark, Task
 from lmsleep.bench.world import World
 from lmsleep.config import Params, PrepareModelConfig, Workspace
-from lmsleep.memory import probes_of, read_json, write_json
+from lmsleep.memory import atomic_write_bytes, probes_of, read_json, write_json
 
 PRETRAIN_VERSION = 6  # bump when the corpus or the training loop changes: a new hash, a new cached model
 # Measured (pretrain.json): a 2-layer model learns to read in context in a phase change around step 2000 (in-context
@@ -109,7 +109,7 @@ class NightsBenchmark(Benchmark):
                    for key in ("acc", "bwt", "fwt", "forgetting", "perplexity_drift")},
                 "final_first_night": R[-1][0] if R else None, "final_last_night": R[-1][-1] if R else None,
                 "diagonal_mean": sum(R[i][i] for i in range(len(R))) / len(R) if R else None,
-                "reads_next": _reads_next(result.get("steps", []), method)}
+                "reads_next": _reading_summary(result.get("steps", []), method)}
         return out
 
     def headline_markdown(self, headline: dict[str, Any]) -> list[str]:
@@ -138,7 +138,7 @@ class NightsBenchmark(Benchmark):
                             "methods only)."]
 
 
-def _reads_next(steps: list[dict[str, Any]], method: str) -> dict[str, Any] | None:
+def _reading_summary(steps: list[dict[str, Any]], method: str) -> dict[str, Any] | None:
     """The carried model's in-context accuracy on the next night's probes (the harness's next_in_context_accuracy),
     mean over nights and seeds, first and last night: what each night's teacher could still read."""
     reads = [s for s in steps if s["method"] == method and s.get("next_in_context_accuracy") is not None]
@@ -176,10 +176,8 @@ def ensure_world_model(ws: Workspace, settings: dict[str, Any], dtype: str = "fl
     anchors = dest / READING_ANCHORS
     if not anchors.exists():
         lines = [a.replace("\n", "\\n") for a in world_of(settings).reading_anchors(256)]
-        tmp = anchors.with_suffix(".tmp")
-        tmp.write_text("# in-context reading anchors for seed.ks_anchor_file (lmsleep.bench.world.reading_anchors)\n"
-                       + "\n".join(lines) + "\n", encoding="utf-8")
-        tmp.replace(anchors)
+        atomic_write_bytes(anchors, ("# in-context reading anchors for seed.ks_anchor_file (lmsleep.bench.world."
+                                     "reading_anchors)\n" + "\n".join(lines) + "\n").encode("utf-8"))
     return dest
 
 
