@@ -155,6 +155,18 @@ def test_sequential_benchmark_fills_the_accuracy_matrix_and_replays(ws, tmp_path
     assert (tmp_path / "toy_retention.png").exists() and "Retention" in (tmp_path / "toy.md").read_text()
 
 
+def test_sequential_ks_can_read_earlier_nights_memories_again(ws, tmp_path):
+    from lmsleep.config import load_params, parse_overrides
+
+    overrides = FAST[1::2] + ["seed.ks_replay_prompts=4", "seed.ks_replay_teacher=memory"]
+    params = load_params(ws.root / "params.yaml", parse_overrides(overrides))
+    result = harness.run(ToyNights(), params, ws, seeds=1, methods=["sleep_ks"], out_dir=tmp_path)
+    steps = {s["after"]: s for s in result["steps"]}
+    assert steps["night-a"]["replay_read_prompts"] == 0  # nothing to replay on the first night
+    assert steps["night-b"]["replay_read_prompts"] == steps["night-b"]["replay_prompts"] > 0
+    assert_no_probe_leak(tmp_path, "toy", {"sleep_ks"})
+
+
 def test_unknown_methods_and_benchmarks_are_clear_errors(ws, capsys):
     assert main(["bench", "quality", "--methods", "base,nope", "--root", str(ws.root), "--model", "tiny"]) == 2
     err = capsys.readouterr().err

@@ -518,6 +518,63 @@ def test_replay_teacher_sees_no_memory(night):
     assert s.student_prompt == s.teacher_prompt and s.source == "replay:n0"
 
 
+def test_ks_replays_earlier_nights_with_their_memory_read_again(night):
+    """seed.ks_replay_teacher 'memory': a replayed prompt is trained on the answer its own night's teacher wrote."""
+    from lmsleep import registry
+
+    params, ws = night
+    params.seed.ks_replay_prompts, params.seed.ks_replay_teacher = 3, "memory"
+    seed.run(params, ws)
+    answers = {(r["kind"], r["prompt"]): r["completion"] for r in read_jsonl(ws.night_model("n1") / "train_texts.jsonl")}
+    registry.promote(ws, params.prepare_model, json.loads((ws.night_model("n1") / "lineage.json").read_text()), "n1", {})
+    params.night.id = "n2"
+    write_jsonl(ws.night_data("n2") / "accepted.jsonl",
+                [memory(10, text="The lighthouse keeper Brannoc paints the tower blue every spring.")])
+    seed.run(params, ws)
+    replayed = [r for r in read_jsonl(ws.night_model("n2") / "train_texts.jsonl")
+                if r["source"] == "replay:n1" and r["kind"] != "on-policy"]
+    assert replayed and all(r["completion"] == answers[(r["kind"], r["prompt"])] for r in replayed)
+    log = json.loads((ws.night_model("n2") / "train_log.json").read_text())
+    assert log["ks"]["replay_read_prompts"] == log["ks"]["replay_prompts"] == len(replayed)
+
+
+def test_a_replayed_memory_is_read_by_the_teacher_and_twinned(night):
+    import random
+
+    from transformers import AutoTokenizer
+
+    from lmsleep.ks.samples import reading_twins
+
+    params, ws = night
+    tokenizer = AutoTokenizer.from_pretrained(ws.base_model("tiny"))
+    record = {"night": "n0", "kind": "question", "prompt": "Who paints the tower?", "memory_id": "m-9"}
+    text = "Brannoc paints the tower blue every spring."
+    [read] = replay_samples(tokenizer, [record | {"memory": text, "completion": "Brannoc"}])
+    assert text in tokenizer.decode(read.teacher_prompt) and text not in tokenizer.decode(read.student_prompt)
+    assert read.completion == tokenizer("Brannoc", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    [twin] = reading_twins([read], 1.0, random.Random(0))
+    assert twin.student_prompt == twin.teacher_prompt == read.teacher_prompt and twin.completion == read.completion
+    [kept] = replay_samples(tokenizer, [record])  # no memory: the model as it is answers, nothing to read again
+    assert kept.completion == [] and reading_twins([kept], 1.0, random.Random(0)) == []
+
+
+def test_replay_prompts_carry_their_memory_and_answer_only_when_asked(tmp_path, capsys):
+    from lmsleep.config import Workspace
+
+    ws = Workspace(tmp_path)
+    write_jsonl(ws.night_model("n0") / "train_texts.jsonl", [
+        {"memory_id": "m-1", "kind": "question", "source": "memory", "prompt": "Who rows?", "completion": "Ada"},
+        {"memory_id": "m-2", "kind": "continuation", "source": "memory", "prompt": "Complete: x", "completion": "x y"}])
+    write_jsonl(ws.night_data("n0") / "accepted.jsonl", [{"id": "m-1", "text": "Ada rows to the island."}])
+    picked = {p["memory_id"]: p for p in seed.replay_prompts(ws, ["n0"], 5, seed=0, teacher="memory")}
+    assert picked["m-1"]["memory"] == "Ada rows to the island." and picked["m-1"]["completion"] == "Ada"
+    assert "memory" not in picked["m-2"] and "completion" not in picked["m-2"]  # its memory is not on record
+    assert "1 of 2 replayed prompts have no memory text" in capsys.readouterr().out
+    assert all(set(p) == {"night", "kind", "prompt", "memory_id"} for p in seed.replay_prompts(ws, ["n0"], 5, seed=0))
+    with pytest.raises(ValueError, match="ks_replay_teacher"):
+        seed.replay_prompts(ws, ["n0"], 5, seed=0, teacher="nobody")
+
+
 def test_sft_night_texts_become_continuation_replay_prompts(tmp_path):
     from lmsleep.config import Workspace
 

@@ -167,6 +167,8 @@ def run_chain(bench: Benchmark, method: Method, chain: list[Task], seed: int, pa
                 done = method.consolidate(model, tokenizer, task.memories, cfg, history)
                 model = done.model
                 write_jsonl(history.workspace.night_model(task.name) / "train_texts.jsonl", done.train_texts)
+                write_jsonl(history.workspace.night_data(task.name) / "accepted.jsonl",  # what replay may read again
+                            [{k: v for k, v in m.items() if k != "probes"} for m in task.memories])
                 records["train_texts"] += [{"seed": seed, "method": method.name, "task": task.name, **t}
                                            for t in done.train_texts]
                 trained = {"steps": len(done.losses), "loss_first": done.losses[0] if done.losses else None,

@@ -67,8 +67,8 @@ from lmsleep.config import SeedConfig, Workspace
 class History:
     """What the earlier tasks of a sequential run left behind (empty for a single night).
 
-    `workspace` holds models/nights/<task>/train_texts.jsonl of each earlier task, the layout the seed stage's
-    replay reads (lmsleep.stages.seed.replay_prompts)."""
+    `workspace` holds models/nights/<task>/train_texts.jsonl and data/nights/<task>/accepted.jsonl (its memories) of
+    each earlier task, the layout the seed stage's replay reads (lmsleep.stages.seed.replay_prompts)."""
 
     nights: list[str] = field(default_factory=list)
     memories: list[dict[str, Any]] = field(default_factory=list)
@@ -153,7 +153,8 @@ def _ks_inputs(cfg: SeedConfig, history: History) -> tuple[list[dict[str, Any]],
 
     replay = []
     if history.nights and history.workspace is not None:
-        replay = replay_prompts(history.workspace, history.nights, cfg.ks_replay_prompts, cfg.seed)
+        replay = replay_prompts(history.workspace, history.nights, cfg.ks_replay_prompts, cfg.seed,
+                                cfg.ks_replay_teacher)
     return replay, read_anchor_prompts(cfg.ks_anchor_file, cfg.ks_anchor_prompts, cfg.seed)
 
 
@@ -221,7 +222,7 @@ def _ks_night(model, tokenizer, memories, cfg: SeedConfig, history: History):
 
 def _ks_stats(stats: dict[str, Any], cfg: SeedConfig, receiver: str) -> dict[str, Any]:
     """What a KS method's step record keeps: counts, and the objective it ran with (so ablations can be checked)."""
-    keep = {k: stats[k] for k in ("prompts", "replay_prompts", "teacher_samples", "judge") if k in stats}
+    keep = {k: stats[k] for k in ("prompts", "replay_prompts", "replay_read_prompts", "teacher_samples", "judge") if k in stats}
     return keep | {"receiver": receiver, "ks_lambda": cfg.ks_lambda, "ks_divergence": cfg.ks_divergence,
                    "ks_alpha": cfg.ks_alpha, "ks_gamma": cfg.ks_gamma, "lti_steps": len(stats.get("lti_rewards", []))}
 

@@ -179,7 +179,8 @@ def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg,
     """Distil tonight's memories (teacher: in context) into one new CMS expert. Returns (cms, losses, stats).
 
     `replay`: earlier nights' prompts, dicts {"night", "kind" (continuation | question), "prompt", "memory_id"}
-    (see lmsleep.stages.seed.replay_prompts); their teacher is the model without any memory (retention).
+    (see lmsleep.stages.seed.replay_prompts); their teacher is the model without any memory (retention), or, with
+    "memory" and "completion" in the dict, the model reading that memory, scored on that completion.
     `anchors`: general requests (lmsleep.ks.samples.read_anchor_prompts), teacher = the model as it is.
     `teacher_cache`: a file for the teacher's samples and log-probs (lmsleep.ks.teacher); `teacher_id` must name the
     teacher's weights (e.g. the lineage), since a cache is valid only for the weights that wrote it.
@@ -257,10 +258,13 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
     steps = night_steps(cfg, len(pool))
     # counted in the pool, not from the arguments: a count of what was asked for once hid anchors that never trained
     sources = {"replay_prompts": sum(s.source.startswith("replay") for s in pool),
+               "replay_read_prompts": sum(s.source.startswith("replay") and s.student_prompt != s.teacher_prompt
+                                          for s in pool),  # replayed with their memory read again
                "anchor_prompts": sum(s.source == "anchor" for s in pool),
                "reading_prompts": sum(s.source == "reading" for s in pool)}
     print(f"seed/ks: {len(memories)} memories, {len(pool)} prompts ({sources['replay_prompts']} replay, "
-          f"{sources['anchor_prompts']} anchor, {sources['reading_prompts']} reading), {steps} "
+          f"{sources['replay_read_prompts']} of them reading their memory, {sources['anchor_prompts']} anchor, "
+          f"{sources['reading_prompts']} reading), {steps} "
           f"steps, {receiver} ({sum(p.numel() for p in params):,} trainable), lambda {cfg.ks_lambda}, "
           f"alpha {cfg.ks_alpha}, {cfg.ks_divergence}, teacher top-k {cfg.ks_teacher_topk or 'full'}, "
           f"cache {cache_status}, device {device.type}" + (f", process {rank} of {world}" if world > 1 else ""))

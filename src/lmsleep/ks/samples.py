@@ -18,10 +18,13 @@ text tends to come back as the same question, see docs/results.md):
                 a question mark, or of fewer than three words, is dropped: it teaches nothing. Three tries are
                 sampled per sentence; `ks_phrasings_per_question` of them (distinct ones) are kept, default 1.
   replay        earlier nights' prompts (lmsleep.stages.seed.replay_prompts); student prompt == teacher prompt (no
-                memory): that knowledge is already in the weights and the student must keep it (retention).
-  reading       (`ks_reading_share` of tonight's prompts, after the teacher has written y) the same prompt and y with
-                the memory in context for the student too: the expert must not change what the model answers while
-                it reads a memory (the nights benchmark's carried model lost its in-context reading without this)
+                memory): that knowledge is already in the weights and the student must keep it (retention). With
+                `ks_replay_teacher: memory` the teacher reads that night's memory again and is scored on the answer
+                that night's teacher wrote: what has faded is taught again, not only what is left kept.
+  reading       (`ks_reading_share` of the prompts whose teacher reads a memory, after the teacher has written y)
+                the same prompt and y with the memory in context for the student too: the expert must not change
+                what the model answers while it reads a memory (the nights benchmark's carried model lost its
+                in-context reading without this)
   anchor        `ks_anchor_prompts` requests from `ks_anchor_file` (bundled: general requests; the nights benchmark's
                 world writes in-context reading anchors), teacher = the model as it is: the expert must leave that
                 behaviour alone (the first night has nothing to replay).
@@ -181,12 +184,14 @@ def build_samples(model, tokenizer, memories: list[dict[str, Any]], cfg, rng: ra
 
 
 def reading_twins(samples: list[Sample], share: float, rng: random.Random) -> list[Sample]:
-    """Copies of round(share x n) of tonight's n memory prompts (a seeded choice) whose student reads the memory too:
-    student prompt = teacher prompt, the teacher's y and log-probs shared (no extra teacher work). Trained with the
-    rest, they pull the new expert's effect on an in-context answer to zero."""
+    """Copies of round(share x n) of the n prompts whose teacher reads a memory (tonight's, and replayed ones read
+    again, seed.ks_replay_teacher 'memory'), a seeded choice, whose student reads the memory too: student prompt =
+    teacher prompt, the teacher's y and log-probs shared (no extra teacher work). Trained with the rest, they pull the
+    new expert's effect on an in-context answer to zero; replayed memories make real texts of that reading."""
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"params: seed.ks_reading_share must be in [0, 1], got {share}")
-    tonight = [s for s in samples if s.source == "memory"]
+    tonight = [s for s in samples if s.source == "memory" or
+               (s.source.startswith("replay") and s.student_prompt != s.teacher_prompt)]
     chosen = rng.sample(tonight, round(share * len(tonight))) if share > 0 else []
     return [Sample(s.memory_id, s.kind, s.teacher_prompt, s.teacher_prompt, s.prompt_text, s.completion,
                    s.teacher_logprobs, s.teacher_ids, source="reading") for s in chosen]
@@ -217,11 +222,19 @@ def anchor_samples(tokenizer, prompts: list[str]) -> list[Sample]:
 
 
 def replay_samples(tokenizer, replay: list[dict[str, Any]]) -> list[Sample]:
-    """Earlier nights' prompts: student prompt == teacher prompt (no memory: the teacher is the model as it is)."""
+    """Earlier nights' prompts. Without a "memory": student prompt == teacher prompt (the teacher is the model as it
+    is). With one (seed.ks_replay_teacher 'memory'): the teacher reads that memory again and its y is the answer that
+    night's teacher wrote (its end-of-turn token restored), so the student is taught that answer afresh."""
     out = []
     for r in replay:
-        chat = question_messages(r["prompt"]) if r.get("kind") == "question" else messages(r["prompt"], None)
-        ids = encode(tokenizer, chat)
-        out.append(Sample(str(r.get("memory_id", "")), r.get("kind", "continuation"), ids, ids, r["prompt"], [],
-                          source=f"replay:{r['night']}"))
+        memory = r.get("memory")
+        chat = question_messages if r.get("kind") == "question" else messages
+        student = encode(tokenizer, chat(r["prompt"], None))
+        teacher = encode(tokenizer, chat(r["prompt"], memory)) if memory else student
+        y = []
+        if memory:
+            y = list(tokenizer(r["completion"], add_special_tokens=False)["input_ids"])
+            y += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        out.append(Sample(str(r.get("memory_id", "")), r.get("kind", "continuation"), student, teacher, r["prompt"],
+                          y, source=f"replay:{r['night']}"))
     return out
