@@ -158,7 +158,7 @@ def test_sequential_benchmark_fills_the_accuracy_matrix_and_replays(ws, tmp_path
 def test_sequential_ks_can_read_earlier_nights_memories_again(ws, tmp_path):
     from lmsleep.config import load_params, parse_overrides
 
-    overrides = FAST[1::2] + ["seed.ks_replay_prompts=4", "seed.ks_replay_teacher=memory"]
+    overrides = FAST[1::2] + ["seed.ks_replay_prompts=4", "seed.ks_replay_memory_share=1.0"]
     params = load_params(ws.root / "params.yaml", parse_overrides(overrides))
     result = harness.run(ToyNights(), params, ws, seeds=1, methods=["sleep_ks"], out_dir=tmp_path)
     steps = {s["after"]: s for s in result["steps"]}

@@ -519,11 +519,11 @@ def test_replay_teacher_sees_no_memory(night):
 
 
 def test_ks_replays_earlier_nights_with_their_memory_read_again(night):
-    """seed.ks_replay_teacher 'memory': a replayed prompt is trained on the answer its own night's teacher wrote."""
+    """seed.ks_replay_memory_share 1: every replayed prompt is trained on the answer its own night's teacher wrote."""
     from lmsleep import registry
 
     params, ws = night
-    params.seed.ks_replay_prompts, params.seed.ks_replay_teacher = 3, "memory"
+    params.seed.ks_replay_prompts, params.seed.ks_replay_memory_share = 3, 1.0
     seed.run(params, ws)
     answers = {(r["kind"], r["prompt"]): r["completion"] for r in read_jsonl(ws.night_model("n1") / "train_texts.jsonl")}
     registry.promote(ws, params.prepare_model, json.loads((ws.night_model("n1") / "lineage.json").read_text()), "n1", {})
@@ -566,13 +566,26 @@ def test_replay_prompts_carry_their_memory_and_answer_only_when_asked(tmp_path, 
         {"memory_id": "m-1", "kind": "question", "source": "memory", "prompt": "Who rows?", "completion": "Ada"},
         {"memory_id": "m-2", "kind": "continuation", "source": "memory", "prompt": "Complete: x", "completion": "x y"}])
     write_jsonl(ws.night_data("n0") / "accepted.jsonl", [{"id": "m-1", "text": "Ada rows to the island."}])
-    picked = {p["memory_id"]: p for p in seed.replay_prompts(ws, ["n0"], 5, seed=0, teacher="memory")}
+    picked = {p["memory_id"]: p for p in seed.replay_prompts(ws, ["n0"], 5, seed=0, memory_share=1.0)}
     assert picked["m-1"]["memory"] == "Ada rows to the island." and picked["m-1"]["completion"] == "Ada"
     assert "memory" not in picked["m-2"] and "completion" not in picked["m-2"]  # its memory is not on record
-    assert "1 of 2 replayed prompts have no memory text" in capsys.readouterr().out
+    assert "1 of 2 replayed prompts to read again have no memory text" in capsys.readouterr().out
     assert all(set(p) == {"night", "kind", "prompt", "memory_id"} for p in seed.replay_prompts(ws, ["n0"], 5, seed=0))
-    with pytest.raises(ValueError, match="ks_replay_teacher"):
-        seed.replay_prompts(ws, ["n0"], 5, seed=0, teacher="nobody")
+    with pytest.raises(ValueError, match="ks_replay_memory_share"):
+        seed.replay_prompts(ws, ["n0"], 5, seed=0, memory_share=1.5)
+
+
+def test_a_share_of_the_replayed_prompts_is_read_again(tmp_path):
+    from lmsleep.config import Workspace
+
+    ws = Workspace(tmp_path)
+    write_jsonl(ws.night_model("n0") / "train_texts.jsonl", [
+        {"memory_id": f"m-{i}", "kind": "question", "source": "memory", "prompt": f"Who rows {i}?", "completion": "Ada"}
+        for i in range(8)])
+    write_jsonl(ws.night_data("n0") / "accepted.jsonl", [{"id": f"m-{i}", "text": f"Ada rows {i}."} for i in range(8)])
+    picked = seed.replay_prompts(ws, ["n0"], 6, seed=0, memory_share=0.5)
+    assert len(picked) == 6 and sum("memory" in p for p in picked) == 3
+    assert [p["prompt"] for p in picked] == [p["prompt"] for p in seed.replay_prompts(ws, ["n0"], 6, seed=0)]
 
 
 def test_sft_night_texts_become_continuation_replay_prompts(tmp_path):

@@ -126,10 +126,10 @@ class SeedConfig:
     ks_replay_prompts: int = _f(8, "ks: prompts replayed from earlier nights of the champion lineage (their "
                                    "train_texts.jsonl; never probes); their teacher is the model WITHOUT any memory "
                                    "in context, so the student keeps answering as before (retention); 0 = none")
-    ks_replay_teacher: str = _f("model", "ks: who answers a replayed prompt: 'model' = the model as it is, without "
-                                         "the memory (keeps what is left); 'memory' = the model reading that night's "
-                                         "memory again (data/nights/<night>/accepted.jsonl), scored on the answer "
-                                         "that night's teacher wrote: what faded is taught again")
+    ks_replay_memory_share: float = _f(0.0, "ks: share of the replayed prompts whose teacher reads that night's memory "
+                                            "again (data/nights/<night>/accepted.jsonl), scored on the answer that "
+                                            "night's teacher wrote: what faded is taught again; the rest are answered "
+                                            "by the model as it is, without the memory (keeps what is left)")
     ks_expert_level_layers: list = _f([], "ks: decoder layers whose MLPs the new expert covers (indices); [] = all")
     ks_anchor_prompts: int = _f(0, "ks: anchor prompts (unrelated to tonight) trained with the model as it is as "
                                    "teacher, so the new expert leaves that behaviour alone; 0 = none. In-context "

@@ -154,7 +154,7 @@ def _ks_inputs(cfg: SeedConfig, history: History) -> tuple[list[dict[str, Any]],
     replay = []
     if history.nights and history.workspace is not None:
         replay = replay_prompts(history.workspace, history.nights, cfg.ks_replay_prompts, cfg.seed,
-                                cfg.ks_replay_teacher)
+                                cfg.ks_replay_memory_share)
     return replay, read_anchor_prompts(cfg.ks_anchor_file, cfg.ks_anchor_prompts, cfg.seed)
 
 

@@ -19,7 +19,7 @@ text tends to come back as the same question, see docs/results.md):
                 sampled per sentence; `ks_phrasings_per_question` of them (distinct ones) are kept, default 1.
   replay        earlier nights' prompts (lmsleep.stages.seed.replay_prompts); student prompt == teacher prompt (no
                 memory): that knowledge is already in the weights and the student must keep it (retention). With
-                `ks_replay_teacher: memory` the teacher reads that night's memory again and is scored on the answer
+                `ks_replay_memory_share` > 0 some are read again: the teacher reads that night's memory again and is scored on the answer
                 that night's teacher wrote: what has faded is taught again, not only what is left kept.
   reading       (`ks_reading_share` of the prompts whose teacher reads a memory, after the teacher has written y)
                 the same prompt and y with the memory in context for the student too: the expert must not change
@@ -185,7 +185,7 @@ def build_samples(model, tokenizer, memories: list[dict[str, Any]], cfg, rng: ra
 
 def reading_twins(samples: list[Sample], share: float, rng: random.Random) -> list[Sample]:
     """Copies of round(share x n) of the n prompts whose teacher reads a memory (tonight's, and replayed ones read
-    again, seed.ks_replay_teacher 'memory'), a seeded choice, whose student reads the memory too: student prompt =
+    again, seed.ks_replay_memory_share), a seeded choice, whose student reads the memory too: student prompt =
     teacher prompt, the teacher's y and log-probs shared (no extra teacher work). Trained with the rest, they pull the
     new expert's effect on an in-context answer to zero; replayed memories make real texts of that reading."""
     if not 0.0 <= share <= 1.0:
@@ -223,7 +223,7 @@ def anchor_samples(tokenizer, prompts: list[str]) -> list[Sample]:
 
 def replay_samples(tokenizer, replay: list[dict[str, Any]]) -> list[Sample]:
     """Earlier nights' prompts. Without a "memory": student prompt == teacher prompt (the teacher is the model as it
-    is). With one (seed.ks_replay_teacher 'memory'): the teacher reads that memory again and its y is the answer that
+    is). With one (seed.ks_replay_memory_share): the teacher reads that memory again and its y is the answer that
     night's teacher wrote (its end-of-turn token restored), so the student is taught that answer afresh."""
     out = []
     for r in replay:

@@ -123,24 +123,21 @@ def consolidate(ws: Workspace, params: Params, memories: list[dict[str, Any]]) -
     return _write_outputs(ws, params, parent, losses, summary)
 
 
-REPLAY_TEACHERS = ("model", "memory")
-
-
 def replay_prompts(ws: Workspace, nights: list[str], count: int, seed: int,
-                   teacher: str = "model") -> list[dict[str, Any]]:
+                   memory_share: float = 0.0) -> list[dict[str, Any]]:
     """Up to `count` prompts of earlier `nights`, sampled (seeded) from their train_texts.jsonl, for ks replay.
 
     KS nights give their continuation / question prompts as they were (on-policy duplicates and replays of replays
     are skipped); SFT nights give "Continue: <first words>" of each trained text. Probes are never read: these files
     hold only what was trained on, which came from memory text alone.
 
-    `teacher` (seed.ks_replay_teacher) 'memory': a KS night's prompt also carries the answer that night's teacher
-    wrote ("completion") and the text of its memory ("memory", from data/nights/<night>/accepted.jsonl), so tonight's
-    teacher reads that memory again and is scored on that answer. A prompt whose memory is not found there (or an SFT
-    night's) is replayed with the model as it is, and the count of those is printed.
+    `memory_share` (seed.ks_replay_memory_share) of the chosen prompts (a seeded choice) also carry the answer their
+    KS night's teacher wrote ("completion") and the text of their memory ("memory", from data/nights/<night>/
+    accepted.jsonl), so tonight's teacher reads that memory again and is scored on that answer. One whose memory is
+    not found there (or an SFT night's) is replayed with the model as it is, and the count of those is printed.
     """
-    if teacher not in REPLAY_TEACHERS:
-        raise ValueError(f"seed.ks_replay_teacher '{teacher}' is not one of {REPLAY_TEACHERS}")
+    if not 0.0 <= memory_share <= 1.0:
+        raise ValueError(f"params: seed.ks_replay_memory_share must be in [0, 1], got {memory_share}")
     if count <= 0:
         return []
     rng = random.Random(f"replay-{seed}")
@@ -165,28 +162,27 @@ def replay_prompts(ws: Workspace, nights: list[str], count: int, seed: int,
                 candidates.append({"night": night, "kind": kind, "prompt": prompt,
                                    "memory_id": str(r.get("memory_id", "")), "completion": r.get("completion")})
     chosen = rng.sample(candidates, min(count, len(candidates)))
-    if teacher == "memory":
-        return _with_memories(ws, chosen)
-    return [{k: v for k, v in r.items() if k != "completion"} for r in chosen]
+    reread = set(rng.sample(range(len(chosen)), round(memory_share * len(chosen)))) if memory_share > 0 else set()
+    return _with_memories(ws, chosen, reread)
 
 
-def _with_memories(ws: Workspace, chosen: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The replayed prompts with their night's memory text (and that night's answer) where both are known."""
+def _with_memories(ws: Workspace, chosen: list[dict[str, Any]], reread: set[int]) -> list[dict[str, Any]]:
+    """The replayed prompts; those at `reread` with their night's memory text and answer where both are known."""
     texts: dict[str, dict[str, str]] = {}
-    for night in {r["night"] for r in chosen}:
+    for night in {chosen[i]["night"] for i in reread}:
         path = ws.night_data(night) / "accepted.jsonl"
         texts[night] = {str(m["id"]): training_text(m) for m in read_jsonl(path)} if path.exists() else {}
     out, alone = [], 0
-    for r in chosen:
-        memory = texts[r["night"]].get(r["memory_id"])
+    for i, r in enumerate(chosen):
+        memory = texts[r["night"]].get(r["memory_id"]) if i in reread else None
         if memory and r.get("completion"):
             out.append(r | {"memory": memory})
-        else:
-            alone += 1
-            out.append({k: v for k, v in r.items() if k != "completion"})
+            continue
+        alone += i in reread
+        out.append({k: v for k, v in r.items() if k != "completion"})
     if alone:
-        print(f"seed/ks: {alone} of {len(chosen)} replayed prompts have no memory text or answer on record; the "
-              "model as it is answers them")
+        print(f"seed/ks: {alone} of {len(reread)} replayed prompts to read again have no memory text or answer on "
+              "record; the model as it is answers them")
     return out
 
 
@@ -202,7 +198,7 @@ def _consolidate_ks(ws, params, parent, memories, model, tokenizer) -> dict[str,
 
     night, out_dir = params.night.id, ws.night_model(params.night.id)
     replay = replay_prompts(ws, parent["nights"], params.seed.ks_replay_prompts, params.seed.seed,
-                            params.seed.ks_replay_teacher)
+                            params.seed.ks_replay_memory_share)
     accelerator = make_accelerator() if inside_launch() else None  # joins the launched processes' group
     world = accelerator.num_processes if accelerator else 1
     # several processes share one teacher: rank 0 writes it to the night's cache, the others read it back
