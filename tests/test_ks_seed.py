@@ -552,10 +552,13 @@ def test_a_replayed_memory_is_read_by_the_teacher_and_twinned(night):
     [read] = replay_samples(tokenizer, [record | {"memory": text, "completion": "Brannoc"}])
     assert text in tokenizer.decode(read.teacher_prompt) and text not in tokenizer.decode(read.student_prompt)
     assert read.completion == tokenizer("Brannoc", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    [twin] = reading_twins([read], 1.0, random.Random(0))
+    [twin] = reading_twins([read], 0.0, random.Random(0), replay_share=1.0)
     assert twin.student_prompt == twin.teacher_prompt == read.teacher_prompt and twin.completion == read.completion
+    assert reading_twins([read], 1.0, random.Random(0), replay_share=0.0) == []  # tonight's share: not replays
     [kept] = replay_samples(tokenizer, [record])  # no memory: the model as it is answers, nothing to read again
-    assert kept.completion == [] and reading_twins([kept], 1.0, random.Random(0)) == []
+    assert kept.completion == [] and reading_twins([kept], 1.0, random.Random(0), replay_share=1.0) == []
+    with pytest.raises(ValueError, match="ks_replay_reading_share"):
+        reading_twins([read], 0.0, random.Random(0), replay_share=2.0)
 
 
 def test_replay_prompts_carry_their_memory_and_answer_only_when_asked(tmp_path, capsys):

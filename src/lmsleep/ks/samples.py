@@ -183,16 +183,20 @@ def build_samples(model, tokenizer, memories: list[dict[str, Any]], cfg, rng: ra
     return samples + replay_samples(tokenizer, replay or []) + anchor_samples(tokenizer, anchors or [])
 
 
-def reading_twins(samples: list[Sample], share: float, rng: random.Random) -> list[Sample]:
-    """Copies of round(share x n) of the n prompts whose teacher reads a memory (tonight's, and replayed ones read
-    again, seed.ks_replay_memory_share), a seeded choice, whose student reads the memory too: student prompt =
-    teacher prompt, the teacher's y and log-probs shared (no extra teacher work). Trained with the rest, they pull the
-    new expert's effect on an in-context answer to zero; replayed memories make real texts of that reading."""
-    if not 0.0 <= share <= 1.0:
-        raise ValueError(f"params: seed.ks_reading_share must be in [0, 1], got {share}")
-    tonight = [s for s in samples if s.source == "memory" or
-               (s.source.startswith("replay") and s.student_prompt != s.teacher_prompt)]
-    chosen = rng.sample(tonight, round(share * len(tonight))) if share > 0 else []
+def reading_twins(samples: list[Sample], share: float, rng: random.Random,
+                  replay_share: float = 0.0) -> list[Sample]:
+    """Copies of round(share x n) of tonight's n memory prompts, and of round(replay_share x m) of the m replayed
+    prompts read again (seed.ks_replay_memory_share), seeded choices, whose student reads the memory too: student
+    prompt = teacher prompt, the teacher's y and log-probs shared (no extra teacher work). Trained with the rest, they
+    pull the new expert's effect on an in-context answer to zero; the replayed ones make earlier nights' real texts
+    the reading anchors, and leave a single night (nothing to replay) as it was."""
+    for name, value in (("ks_reading_share", share), ("ks_replay_reading_share", replay_share)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"params: seed.{name} must be in [0, 1], got {value}")
+    tonight = [s for s in samples if s.source == "memory"]
+    reread = [s for s in samples if s.source.startswith("replay") and s.student_prompt != s.teacher_prompt]
+    chosen = [s for group, value in ((tonight, share), (reread, replay_share)) if value > 0
+              for s in rng.sample(group, round(value * len(group)))]
     return [Sample(s.memory_id, s.kind, s.teacher_prompt, s.teacher_prompt, s.prompt_text, s.completion,
                    s.teacher_logprobs, s.teacher_ids, source="reading") for s in chosen]
 
