@@ -525,8 +525,10 @@ def test_ks_replays_earlier_nights_with_their_memory_read_again(night):
     params, ws = night
     params.seed.ks_replay_prompts, params.seed.ks_replay_memory_share = 3, 1.0
     seed.run(params, ws)
-    answers = {(r["kind"], r["prompt"]): r["completion"] for r in read_jsonl(ws.night_model("n1") / "train_texts.jsonl")}
-    registry.promote(ws, params.prepare_model, json.loads((ws.night_model("n1") / "lineage.json").read_text()), "n1", {})
+    first = read_jsonl(ws.night_model("n1") / "train_texts.jsonl")
+    answers = {(r["kind"], r["prompt"]): r["completion"] for r in first}
+    registry.promote(ws, params.prepare_model, json.loads((ws.night_model("n1") / "lineage.json").read_text()), "n1",
+                     {})
     params.night.id = "n2"
     write_jsonl(ws.night_data("n2") / "accepted.jsonl",
                 [memory(10, text="The lighthouse keeper Brannoc paints the tower blue every spring.")])

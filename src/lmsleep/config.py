@@ -141,9 +141,10 @@ class SeedConfig:
                                       "sides (teacher = the model as it is, the same y): the new expert must leave "
                                       "in-context reading alone, or tomorrow's teacher reads worse (lmsleep.ks."
                                       "samples.reading_twins); 0 = none")
-    ks_replay_reading_share: float = _f(1.0, "ks: the same for the replayed prompts read again (ks_replay_memory_share): "
-                                             "their twins make earlier nights' texts reading anchors; without them "
-                                             "re-read replay hurt the nights benchmark (docs/results.md)")
+    ks_replay_reading_share: float = _f(1.0, "ks: the same for the replayed prompts read again "
+                                             "(ks_replay_memory_share): their twins make earlier nights' texts "
+                                             "reading anchors; without them re-read replay hurt the nights "
+                                             "benchmark (docs/results.md)")
     ks_teacher_topk: int = _f(64, "ks: the teacher's k most likely next tokens kept per position (plus a tail bucket; "
                                   "lmsleep.ks.teacher); 0 = the full vocabulary (exact, vocab x 4 bytes per token)")
     ks_teacher_cache: bool = _f(True, "ks: keep the teacher's samples and log-probs in data/nights/<night>/"

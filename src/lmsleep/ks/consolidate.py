@@ -168,8 +168,9 @@ def _prepare_samples(cms, tokenizer, memories, cfg, level: str, index: int, repl
     if teacher_cache and not cached:
         teacher_side.save_cache(teacher_cache, key, samples)
     # after the cache: twins are derived from the teacher's samples, so the cache (and its key) stay the same
-    samples = samples + reading_twins(samples, getattr(cfg, "ks_reading_share", 0.0),
-                                      random.Random(f"reading-{cfg.seed}"), getattr(cfg, "ks_replay_reading_share", 0.0))
+    twins = reading_twins(samples, getattr(cfg, "ks_reading_share", 0.0), random.Random(f"reading-{cfg.seed}"),
+                          getattr(cfg, "ks_replay_reading_share", 0.0))
+    samples = samples + twins
     return samples, prefixes if loop_scores else {}, scored, ("hit" if cached else "miss" if teacher_cache else "off")
 
 

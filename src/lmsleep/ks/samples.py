@@ -18,9 +18,9 @@ text tends to come back as the same question, see docs/results.md):
                 a question mark, or of fewer than three words, is dropped: it teaches nothing. Three tries are
                 sampled per sentence; `ks_phrasings_per_question` of them (distinct ones) are kept, default 1.
   replay        earlier nights' prompts (lmsleep.stages.seed.replay_prompts); student prompt == teacher prompt (no
-                memory): that knowledge is already in the weights and the student must keep it (retention). With
-                `ks_replay_memory_share` > 0 some are read again: the teacher reads that night's memory again and is scored on the answer
-                that night's teacher wrote: what has faded is taught again, not only what is left kept.
+                memory): that knowledge is already in the weights and the student must keep it (retention). A share
+                (`ks_replay_memory_share`) is read again: the teacher reads that night's memory and is scored on the
+                answer that night's teacher wrote, so what has faded is taught again, not only what is left kept.
   reading       (`ks_reading_share` of the prompts whose teacher reads a memory, after the teacher has written y)
                 the same prompt and y with the memory in context for the student too: the expert must not change
                 what the model answers while it reads a memory (the nights benchmark's carried model lost its
