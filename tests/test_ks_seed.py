@@ -484,7 +484,7 @@ def test_ks_replays_earlier_nights_prompts_with_the_model_as_teacher(night):
     from lmsleep import registry
 
     params, ws = night
-    params.seed.ks_replay_prompts = 3
+    params.seed.ks_replay_prompts, params.seed.ks_replay_memory_share = 3, 0.0
     seed.run(params, ws)
     first = read_jsonl(ws.night_model("n1") / "train_texts.jsonl")
     assert first and all(r["source"] == "memory" for r in first)  # no earlier night: nothing to replay
