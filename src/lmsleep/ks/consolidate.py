@@ -9,11 +9,13 @@ expert switched off; student = the model without the memory, plus ONE new low-ra
 
 Prompts x come from the memory text alone (never from probes), built by `lmsleep.ks.samples`: continuations of
 sentence starts and questions the teacher wrote about each sentence, plus up to `ks_replay_prompts` prompts of
-earlier nights of the champion lineage, passed in by the seed stage as `replay`. A replay prompt's teacher is the
-current model WITHOUT any memory in context (and the new expert off): that knowledge is already in the weights, so the
-student must keep answering as before (a retention regulariser; audited with "source": "replay:<night>").
-With `ks_reading_share` > 0 some of tonight's prompts come back once more with the memory in the student's context
-too, the same y (`reading_twins`, "source": "reading"): the expert must leave reading in context as it was.
+earlier nights of the champion lineage, passed in by the seed stage as `replay` (audited with "source":
+"replay:<night>"). A replay prompt's teacher is the current model WITHOUT any memory in context (and the new expert
+off): the student must keep answering as before (a retention regulariser); or, for the `ks_replay_memory_share` read
+again, the model reading that night's memory, scored on the answer that night's teacher wrote (what faded is taught
+again). With `ks_reading_share` > 0 some of tonight's prompts, and with `ks_replay_reading_share` > 0 some of the
+re-read replays, come back once more with the memory in the student's context too, the same y (`reading_twins`,
+"source": "reading"): the expert must leave reading in context as it was.
 
 Distillation (GKD, §4a). Every prompt gets one teacher completion y, sampled once; the teacher's log-probs over y
 are computed once (`lmsleep.ks.teacher.score`, inference mode; top-k with `ks_teacher_topk`) and reused every time
