@@ -222,7 +222,8 @@ def _ks_night(model, tokenizer, memories, cfg: SeedConfig, history: History):
 
 def _ks_stats(stats: dict[str, Any], cfg: SeedConfig, receiver: str) -> dict[str, Any]:
     """What a KS method's step record keeps: counts, and the objective it ran with (so ablations can be checked)."""
-    keep = {k: stats[k] for k in ("prompts", "replay_prompts", "replay_read_prompts", "teacher_samples", "judge") if k in stats}
+    counts = ("prompts", "replay_prompts", "replay_read_prompts", "teacher_samples", "judge")
+    keep = {k: stats[k] for k in counts if k in stats}
     return keep | {"receiver": receiver, "ks_lambda": cfg.ks_lambda, "ks_divergence": cfg.ks_divergence,
                    "ks_alpha": cfg.ks_alpha, "ks_gamma": cfg.ks_gamma, "lti_steps": len(stats.get("lti_rewards", []))}
 

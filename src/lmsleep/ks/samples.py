@@ -21,10 +21,10 @@ text tends to come back as the same question, see docs/results.md):
                 memory): that knowledge is already in the weights and the student must keep it (retention). A share
                 (`ks_replay_memory_share`) is read again: the teacher reads that night's memory and is scored on the
                 answer that night's teacher wrote, so what has faded is taught again, not only what is left kept.
-  reading       (`ks_reading_share` of the prompts whose teacher reads a memory, after the teacher has written y)
-                the same prompt and y with the memory in context for the student too: the expert must not change
-                what the model answers while it reads a memory (the nights benchmark's carried model lost its
-                in-context reading without this)
+  reading       (`ks_reading_share` of tonight's prompts and `ks_replay_reading_share` of the re-read replays,
+                after the teacher has written y) the same prompt and y with the memory in context for the student
+                too: the expert must not change what the model answers while it reads a memory (the nights
+                benchmark's carried model lost its in-context reading without this)
   anchor        `ks_anchor_prompts` requests from `ks_anchor_file` (bundled: general requests; the nights benchmark's
                 world writes in-context reading anchors), teacher = the model as it is: the expert must leave that
                 behaviour alone (the first night has nothing to replay).
