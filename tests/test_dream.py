@@ -362,6 +362,11 @@ def test_the_whole_dreaming_rehearses_only_tonights_expert(tiny_dir, cfg):
     assert {r["use"] for r in result.audit} >= {"trial", "rehearsal"}
     assert result.stats["made"] == len(result.dreams) == 2 * cfg.dreams_per_memory
     assert result.writer is not None and result.writer.tensors
+    assert result.stats["writer_from"] == "fresh"
+    cms, tokenizer, index = tonights_cms(tiny_dir, pool_size=1)  # the next night, handed tonight's writer
+    carried = dream_and_rehearse(cms, tokenizer, memories(), Params().seed, cfg, expert_index=index,
+                                 writer=result.writer)
+    assert carried.stats["writer_from"] == carried.writer.source == "carried in memory (first: fresh)"
 
 
 def test_no_dreaming_switch_changes_nothing(tiny_dir, cfg):

@@ -35,7 +35,10 @@ class WriterState:
 
     config: object  # peft.LoraConfig
     tensors: dict[str, torch.Tensor]
-    source: str  # "fresh" or the folder it was loaded from
+    source: str  # "fresh", the folder it was loaded from, or "carried in memory (first: <either>)"
+
+
+CARRIED = "carried in memory"
 
 
 def lora_config(rank: int, targets: Sequence[str]):
@@ -100,7 +103,8 @@ class DreamModel:
         elif isinstance(writer, WriterState):
             peft_model = get_peft_model(cms.base, writer.config, adapter_name=WRITER)
             set_peft_model_state_dict(peft_model, writer.tensors, adapter_name=WRITER)
-            source = writer.source
+            # a writer handed over in memory has been through earlier nights' ReST-EM: say so, not only its origin
+            source = writer.source if writer.source.startswith(CARRIED) else f"{CARRIED} (first: {writer.source})"
         else:
             peft_model = get_peft_model(cms.base, lora_config(cfg.writer_rank, cfg.writer_target_modules),
                                         adapter_name=WRITER)
