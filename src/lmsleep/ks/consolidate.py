@@ -261,8 +261,7 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
     steps = night_steps(cfg, len(pool))
     # counted in the pool, not from the arguments: a count of what was asked for once hid anchors that never trained
     sources = {"replay_prompts": sum(s.source.startswith("replay") for s in pool),
-               "replay_read_prompts": sum(s.source.startswith("replay") and s.student_prompt != s.teacher_prompt
-                                          for s in pool),  # replayed with their memory read again
+               "replay_read_prompts": sum(s.rereads for s in pool),
                "anchor_prompts": sum(s.source == "anchor" for s in pool),
                "reading_prompts": sum(s.source == "reading" for s in pool)}
     print(f"seed/ks: {len(memories)} memories, {len(pool)} prompts ({sources['replay_prompts']} replay, "
@@ -313,7 +312,8 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
     student.eval()
     for p in params:
         p.requires_grad_(False)
-    stats = {"prompts": len(pool), **sources, "teacher_samples": teacher_samples, "teacher_cache": cache_status, "distill_losses": distill_losses,
+    stats = {"prompts": len(pool), **sources, "teacher_samples": teacher_samples, "teacher_cache": cache_status,
+             "distill_losses": distill_losses,
              "lti_losses": rl_losses, "lti_rewards": rewards, "expert_index": index,
              "judge": None if judge is None else ("model" if judge.uses_model else "exact-match"),
              "seconds": round(time.perf_counter() - started, 1),

@@ -67,11 +67,16 @@ class Sample:
     # (top-k cache), or [len(y), vocab] with ids None (full distribution)
     teacher_logprobs: torch.Tensor | None = None
     teacher_ids: torch.Tensor | None = None
-    source: str = "memory"  # "memory" (tonight) or "replay:<night>" (an earlier night's prompt, no memory in context)
+    source: str = "memory"  # "memory" (tonight), "replay:<night>" (an earlier night's prompt), "reading", "anchor"
 
     @property
     def scored(self) -> bool:
         return self.teacher_logprobs is not None
+
+    @property
+    def rereads(self) -> bool:
+        """A replayed prompt whose teacher reads its night's memory again (seed.ks_replay_memory_share)."""
+        return self.source.startswith("replay") and self.student_prompt != self.teacher_prompt
 
     def audit(self, tokenizer) -> dict[str, str]:
         return {"memory_id": self.memory_id, "kind": self.kind, "source": self.source, "prompt": self.prompt_text,
@@ -194,7 +199,7 @@ def reading_twins(samples: list[Sample], share: float, rng: random.Random,
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"params: seed.{name} must be in [0, 1], got {value}")
     tonight = [s for s in samples if s.source == "memory"]
-    reread = [s for s in samples if s.source.startswith("replay") and s.student_prompt != s.teacher_prompt]
+    reread = [s for s in samples if s.rereads]
     chosen = [s for group, value in ((tonight, share), (reread, replay_share)) if value > 0
               for s in rng.sample(group, round(value * len(group)))]
     return [Sample(s.memory_id, s.kind, s.teacher_prompt, s.teacher_prompt, s.prompt_text, s.completion,
