@@ -121,6 +121,23 @@ def test_squad_limited_run_single_and_multi(ws, monkeypatch):
     assert_no_probe_leak(out, "squad", {"sft", "context_distill_offpolicy", "sleep_ks"})
 
 
+def test_squad_default_is_a_subset_and_limit_zero_asks_for_every_passage():
+    squad, quality = SquadBenchmark(), QualityBenchmark()
+    assert harness.resolve_limit(squad, None) == squad.default_limit == 3  # the default run fits about an hour
+    assert harness.resolve_limit(squad, 0) is None and harness.resolve_limit(squad, 7) == 7
+    assert harness.resolve_limit(quality, None) is None  # the others' defaults are their whole sets
+    with pytest.raises(ValueError, match="--limit must be >= 0"):
+        harness.resolve_limit(squad, -1)
+
+
+def test_squad_without_limit_runs_its_default_subset(ws):
+    assert main(["bench", "squad", "--seeds", "1", "--model", "tiny", "--root", str(ws.root), "--option",
+                 "mode=multi", "--methods", "base,sleep_ks", "--out", "bench/squad-default", *FAST]) == 0
+    result = json.loads((ws.root / "bench" / "squad-default" / "squad.json").read_text())
+    assert result["limit"] == 3  # of the fixture's 4 passages
+    assert [(t["name"], t["memories"]) for t in result["tasks"]] == [("multi3-night000", 3)]
+
+
 class ToyNights(Benchmark):
     """Two nights in sequence, two memories each: the retention path of the harness."""
 

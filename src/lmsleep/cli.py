@@ -195,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run a benchmark: seeds x methods, results in bench/results/ (lmsleep.bench)")
     p.add_argument("name", help="benchmark: quality | squad | nights | languages | babi | arc | math")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
-    p.add_argument("--limit", type=int, default=None, help="at most K memories/passages per set (a quick run)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="at most K memories/passages per set (default: the benchmark's own: all, but a subset for "
+                        "squad; 0 = all)")
     p.add_argument("--methods", default=None, help="comma-separated methods (default: the benchmark's own list)")
     p.add_argument("--out", default="bench/results", help="output folder (default: bench/results in --root)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",

@@ -72,6 +72,9 @@ class Benchmark:
     result_name = ""  # file stem of the outputs; "" = name
     sequential = False
     default_methods: tuple[str, ...] = ("base", "icl", "sft", "sleep_ks")
+    # memories per set when --limit is not given (None = all): a benchmark whose full data takes hours on 2 CPU cores
+    # sets the size whose default run fits about an hour; --limit 0 asks for all of it
+    default_limit: int | None = None
     grading_note = ""  # how `grade` decides, for the Markdown table; "" = the evaluate stage's contains-or-F1 rule
 
     def load(self, limit: int | None) -> list[Task]:
@@ -210,6 +213,15 @@ def _git_commit() -> str | None:
         return None
 
 
+def resolve_limit(bench: Benchmark, limit: int | None) -> int | None:
+    """--limit as the benchmark's loaders take it: not given = the benchmark's default_limit, 0 = all (None)."""
+    if limit is None:
+        return bench.default_limit
+    if limit < 0:
+        raise ValueError(f"--limit must be >= 0 (0 = all), got {limit}")
+    return limit or None
+
+
 def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int | None = None,
         methods: list[str] | None = None, out_dir: str | Path = "bench/results",
         command: str | None = None, resume: bool = False) -> dict[str, Any]:
@@ -220,6 +232,7 @@ def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int 
 
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    limit = resolve_limit(bench, limit)
     if resume and type(bench).run_benchmark is not Benchmark.run_benchmark:
         raise ValueError(f"--resume: benchmark {bench.name} runs its own protocol, which cannot resume; rerun it")
     custom = bench.run_benchmark(params, ws, seeds, limit, methods, out_dir, command)

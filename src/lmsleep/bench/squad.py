@@ -1,12 +1,14 @@
 """SQuAD knowledge incorporation, SEAL's protocol (issue 5, benchmark 1): a passage is learned into the weights and
 its questions are answered WITHOUT it.
 
-    lmsleep bench squad --seeds 3                                   # make bench-squad: 200 passages
+    lmsleep bench squad --seeds 3                                   # make bench-squad: the first 3 passages
+    lmsleep bench squad --seeds 3 --limit 0                         # all 200 passages (hours on CPU)
     lmsleep bench squad --seeds 1 --limit 10 --option passages_per_night=5
     lmsleep bench squad --seeds 1 --limit 2 --model tiny --option mode=single
 
 Data: SEAL's 200-passage evaluation set (../shared/data/squad_seal/seal_eval200_base_val.json; SQuAD v1.1 dev,
-CC BY-SA 4.0; read its SOURCE.md), in its own order; --limit K keeps the first K passages. A passage is one memory,
+CC BY-SA 4.0; read its SOURCE.md), in its own order; --limit K keeps the first K passages (default 3, the size whose
+3 seeds fit about an hour on 2 CPU cores; 0 = all 200). A passage is one memory,
 text = "<title>\n<context>" (SEAL's passage format), its questions the probes. SEAL's self-edit completions are not
 used (they are SEAL's own synthetic data, the `seal_like` method's business).
 
@@ -66,6 +68,10 @@ def squad_memories(limit: int | None) -> list[dict[str, Any]]:
 class SquadBenchmark(Benchmark):
     name = "squad"
     default_methods = ("base", "icl", "sft", "context_distill_offpolicy", "sleep_ks")
+    # SmolLM2's KS night costs about 4-9 minutes of 2 CPU cores whatever its size (96 steps), and single mode is one
+    # night per passage: 3 passages (3 single nights + 1 multi-3 night per seed) is what 3 seeds fit in about an hour.
+    # --limit 0 runs all 200 (hours; a GPU's job)
+    default_limit = 3
 
     def __init__(self, mode: str = "both", passages_per_night: int = 0):
         if mode not in MODES:
