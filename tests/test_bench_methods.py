@@ -176,6 +176,14 @@ def test_ablations_are_defined_whatever_the_params_lti(monkeypatch, alpha, gamma
         assert (ran["cfg"].ks_alpha, ran["cfg"].ks_gamma) == (want_alpha, want_gamma), name
 
 
+def test_every_ablation_the_paper_names_is_a_method():
+    from lmsleep.bench.methods import consolidate_ks
+
+    for ablation in ("-lti", "-semantic_reward", "-expansion", "-dream", "-random_expert", "-grad_selection"):
+        assert [name for name in bench_methods.METHODS if name.endswith(ablation)], ablation
+    assert bench_methods.METHODS["sleep_ks_dream-dream"].consolidate is consolidate_ks
+
+
 def test_a_ks_night_is_trained_once_and_restored_exactly(ws, monkeypatch):
     """sleep_ks_dream after sleep_ks restores sleep_ks's night instead of training it again, and what dreaming then
     makes of it is bit-identical to a run that trained the night itself."""

@@ -356,6 +356,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            consolidate_seal_like),
     Method("sleep_ks_dream", "sleep_ks, then dreaming (lmsleep.dream) rehearses tonight's expert",
            consolidate_ks_dream),
+    Method("sleep_ks_dream-dream", "sleep_ks_dream without its dreaming: sleep_ks by another name (the night is "
+           "restored when sleep_ks ran first), so the paper's ablation list reads the same here", consolidate_ks),
     Method("sleep_ks_dream-random_expert", "sleep_ks_dream without the random novelty expert",
            _ablation(random_expert=False)),
     Method("sleep_ks_dream-grad_selection", "sleep_ks_dream keeping random dreams, not gradient-selected ones",
