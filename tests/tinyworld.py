@@ -45,6 +45,7 @@ def small_dream(params: Params) -> Params:
     every tested dream, so a tiny night still runs rehearsal and ReST-EM end to end (the reward rule has its own
     tests in test_dream.py)."""
     dream = params.dream
+    dream.enabled = True  # off in the shipped params (docs/results.md); the test nights dream to cover the stage
     dream.kinds = ["continuation", "qa"]  # a random tiny model rarely writes a 4-word restatement or a real question
     dream.dreams_per_memory, dream.max_new_tokens, dream.tau_questions, dream.tau_answers = 2, 12, 1, 1
     dream.max_trials, dream.trial_steps, dream.writer_steps, dream.rehearsal_steps = 4, 1, 2, 2
