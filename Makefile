@@ -106,7 +106,7 @@ bench-babi: venv
 
 # Continual learning of new languages (the paper's Figure 5): Kalamang's night, then Nen's, graded by chrF
 # (src/lmsleep/bench/languages.py, docs/bench/languages.md). LANGUAGES_MODE=sequential|single.
-# Default: the first 4 lessons per language (3 seeds in about an hour); all 12: BENCH_ARGS="--limit 0"
+# Quick look: make bench-languages BENCH_SEEDS=1 BENCH_ARGS="--limit 4"
 LANGUAGES_MODE ?= sequential
 .PHONY: bench-languages bench-arc bench-math
 bench-languages: venv

@@ -9,7 +9,6 @@ from tinyworld import memory, with_canaries
 
 from lmsleep.bench import harness
 from lmsleep.bench.harness import Benchmark, Task
-from lmsleep.bench.languages import LanguagesBenchmark
 from lmsleep.bench.quality import QualityBenchmark
 from lmsleep.bench.squad import SquadBenchmark
 from lmsleep.cli import main
@@ -122,12 +121,11 @@ def test_squad_limited_run_single_and_multi(ws, monkeypatch):
     assert_no_probe_leak(out, "squad", {"sft", "context_distill_offpolicy", "sleep_ks"})
 
 
-def test_squad_and_languages_defaults_are_subsets_and_limit_zero_asks_for_all():
+def test_squad_default_is_a_subset_and_limit_zero_asks_for_every_passage():
     squad, quality = SquadBenchmark(), QualityBenchmark()
     assert harness.resolve_limit(squad, None) == squad.default_limit == 3  # the default run fits about an hour
     assert harness.resolve_limit(squad, 0) is None and harness.resolve_limit(squad, 7) == 7
-    assert harness.resolve_limit(quality, None) is None  # most defaults are their whole sets
-    assert harness.resolve_limit(LanguagesBenchmark(), None) == 4
+    assert harness.resolve_limit(quality, None) is None  # the others' defaults are their whole sets
     with pytest.raises(ValueError, match="--limit must be >= 0"):
         harness.resolve_limit(squad, -1)
 

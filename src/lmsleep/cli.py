@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     p.add_argument("--limit", type=int, default=None,
                    help="at most K memories/passages per set (default: the benchmark's own: all, but a subset for "
-                        "squad and languages, sized for about an hour; 0 = all)")
+                        "squad; 0 = all)")
     p.add_argument("--methods", default=None, help="comma-separated methods (default: the benchmark's own list)")
     p.add_argument("--out", default="bench/results", help="output folder (default: bench/results in --root)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",

@@ -1,7 +1,6 @@
 """Continual learning of new languages (issue 5; the paper's Figure 5): Kalamang, then Nen, graded by chrF.
 
-    lmsleep bench languages --seeds 3                                  # make bench-languages: sequential, 4 lessons
-    lmsleep bench languages --seeds 3 --limit 0                        # all 12 lessons (hours on CPU)
+    lmsleep bench languages --seeds 3                                  # make bench-languages: sequential, 12 lessons
     lmsleep bench languages --seeds 1 --option mode=single             # each language its own night, fresh model
     lmsleep bench languages --seeds 1 --limit 3 --model tiny --set seed.ks_steps=2
 
@@ -14,7 +13,7 @@ A language is one night (task), its memories are **lessons**, built deterministi
 1. Held-out sentences: examples of 3-10 words whose English has 2-14 words, at least two of whose words (and half of
    them) are headwords with a gloss, in a fixed shuffled order (seeded by the language's name), less any sentence or
    translation that a headword or gloss contains; the first `lessons` of them are the probe sentences. --limit K
-   keeps the first K lessons (default 4: 3 seeds in about an hour on 2 CPU cores; 0 = all).
+   keeps the first K lessons.
 2. Lesson i (one memory) = the dictionary entries (headword, part of speech, glosses) of the words of held-out
    sentence i, plus up to `examples_per_lesson` other example sentences of those entries with their translations.
    An example is never used when its text or translation contains, or is, any held-out sentence or translation
@@ -255,9 +254,6 @@ def probe_leaks(memories: list[dict[str, Any]]) -> list[str]:
 class LanguagesBenchmark(Benchmark):
     name = "languages"
     default_methods = ("base", "icl", "sft", "sleep_ks")
-    # one seed of 4 lessons per language took 33 min on a shared 2-core box (SmolLM2; every night runs 96 KS steps
-    # whatever its size): 4 lessons is what 3 seeds fit in about an hour on an idle one. --limit 0: all `lessons`
-    default_limit = 4
 
     def __init__(self, mode: str = "sequential", lessons: int = 12, threshold: float = 50.0,
                  languages: str = "kalamang,nen", probes: str = "sentences,words", examples_per_lesson: int = 2):
