@@ -68,9 +68,9 @@ def squad_memories(limit: int | None) -> list[dict[str, Any]]:
 class SquadBenchmark(Benchmark):
     name = "squad"
     default_methods = ("base", "icl", "sft", "context_distill_offpolicy", "sleep_ks")
-    # SmolLM2's KS night costs about 4-9 minutes of 2 CPU cores whatever its size (96 steps), and single mode is one
-    # night per passage: 3 passages (3 single nights + 1 multi-3 night per seed) is what 3 seeds fit in about an hour.
-    # --limit 0 runs all 200 (hours; a GPU's job)
+    # SmolLM2's KS night costs 6-7 minutes of one thread whatever its size (96 steps), and single mode is one night per
+    # passage: 3 passages (3 single nights + 1 multi-3 night per seed; a seed took ~30 min sharing the box with one
+    # other job, docs/results.md) is what 3 seeds fit in about an hour. --limit 0 runs all 200 (hours; a GPU's job)
     default_limit = 3
 
     def __init__(self, mode: str = "both", passages_per_night: int = 0):
