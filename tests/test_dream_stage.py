@@ -97,7 +97,8 @@ def type_of_tokenizer(ws):
 
 def test_sft_night_dreams_into_a_new_expert_after_tonights_lora(night):
     params, ws = night
-    seed.run(params, ws)  # seed.method sft: tonight's adapter is a LoRA on every linear layer
+    params.seed.method = "sft"  # tonight's adapter is a LoRA on every linear layer
+    seed.run(params, ws)
     summary = dream.run(params, ws)
     assert summary["seed_method"] == "sft" and summary["rehearsed"] is True
     lineage = read_json(ws.night_dream("n1") / "lineage.json")
@@ -109,6 +110,7 @@ def test_sft_night_dreams_into_a_new_expert_after_tonights_lora(night):
 
 def test_the_next_night_continues_the_champions_writer(night):
     params, ws = night
+    params.seed.method = "sft"  # each night: a LoRA, then its dream adapter (a KS night rehearses its own expert)
     seed.run(params, ws)
     dream.run(params, ws)
     registry.promote(ws, params.prepare_model, read_json(ws.challenger_lineage("n1")), "n1", {})

@@ -16,6 +16,7 @@ def night(tmp_path, tmp_path_factory):
     params, ws = tiny_workspace(tmp_path, tmp_path_factory.getbasetemp() / "tiny-cache-seed")
     memories = [memory(i, probes=[{"question": f"{CANARY_Q} {i}?", "answer": f"{CANARY_A} {i}"}]) for i in range(4)]
     write_jsonl(ws.night_data(params.night.id) / "accepted.jsonl", memories)
+    params.seed.method = "sft"  # the baseline's own tests (the default, ks, is tested in test_ks_seed.py)
     return params, ws
 
 

@@ -57,8 +57,11 @@ def tiny_params(night: str = "n1") -> Params:
     params = Params()
     params.night.id = night
     params.prepare_model.name = "tiny"
-    params.seed.epochs = 2
+    params.seed.epochs = 2  # the SFT baseline's knobs, for the tests that set seed.method sft
     params.seed.lr = 5e-3
+    # the default consolidator (KS) at test size: one question and one completion per memory, a few steps
+    params.seed.ks_steps, params.seed.ks_max_new_tokens, params.seed.ks_lr = 3, 6, 1e-2
+    params.seed.ks_prompts_per_memory, params.seed.ks_question_share, params.seed.ks_expert_rank = 2, 0.5, 4
     params.evaluate.max_new_tokens = 6
     params.tracking.wandb_mode = "disabled"
     return small_dream(params)
