@@ -19,13 +19,8 @@ from lmsleep.stages import seed
 
 
 def ks_params(params, **overrides):
+    """KS at test size: tiny_params' KS knobs (one question, one completion per memory, 3 steps), plus overrides."""
     params.seed.method = "ks"
-    params.seed.ks_steps = 3
-    params.seed.ks_max_new_tokens = 6
-    params.seed.ks_prompts_per_memory = 2
-    params.seed.ks_question_share = 0.5  # one question, one completion per memory
-    params.seed.ks_lr = 1e-2
-    params.seed.ks_expert_rank = 4
     for key, value in overrides.items():
         setattr(params.seed, key, value)
     return params
