@@ -58,8 +58,9 @@ GPU_CHECK_SIZE ?= auto
 gpu-check: venv
 	bash scripts/gpu_check.sh $(GPU_CHECK_SIZE)
 
-# One consolidation, ours vs TRL's on-policy DistillationTrainer: tokens/s and peak RSS, tiny and SmolLM2, back to
-# back (bench/seed_vs_trl.py). Result: bench/results/seed_speed.json. TRL lives in requirements/bench.txt only.
+# One consolidation, ours vs TRL's context-distillation trainer (SDFT): tokens/s and peak RSS, tiny and SmolLM2, back
+# to back (bench/seed_vs_trl.py); the last run is ours at the product's lambda 0 (the teacher writes every y up front).
+# Result: bench/results/seed_speed.json. TRL lives in requirements/bench.txt only.
 BENCH_SEED_STEPS ?= 8
 BENCH_SEED_SMOLLM2_STEPS ?= 8
 .PHONY: bench-seed
@@ -70,6 +71,8 @@ $(VENV)/.bench-installed: $(VENV)/.installed requirements/bench.txt
 bench-seed: venv $(VENV)/.bench-installed
 	$(BIN)/python bench/seed_vs_trl.py --model tiny --steps $(BENCH_SEED_STEPS)
 	$(BIN)/python bench/seed_vs_trl.py --model smollm2 --steps $(BENCH_SEED_SMOLLM2_STEPS) --max-new-tokens 16
+	$(BIN)/python bench/seed_vs_trl.py --model smollm2 --steps $(BENCH_SEED_SMOLLM2_STEPS) --max-new-tokens 16 \
+		--lambda 0 --prompts-per-memory 4
 
 # A night's teacher side (questions, completions, scores) with and without each memory's prefix read once per
 # generate group, back to back on SEAL SQuAD passages (bench/teacher_prefix.py). Result: bench/results/teacher_prefix.json.

@@ -19,6 +19,9 @@ What runs, each method in its OWN subprocess, back to back (so each peak RSS is 
   teacher prompt, token for token), teacher_model_kind "base" (the student with its LoRA disabled: one copy of the
   weights, like ours), student = the model + a peft LoRA of the same rank (alpha 2 x rank, on the MLP projections,
   like ours' expert), one generation per prompt, top-k 64 logit distillation with a tail bucket, JSD 0.5.
+  `--lambda 0`: ours at the product's default (seed.ks_lambda 0): the teacher writes every y once, batched, before
+  the first step, and the loop only trains; with `--prompts-per-memory 4` (16 prompts for 8 steps of 2) each prompt
+  is trained on once, so both methods generate the same number of tokens (TRL's student samples each y in its step).
   `--trl-trainer distillation`: `trl.DistillationTrainer` (GKD, lambda = 1), whose teacher is a SECOND copy of the
   model that sees the same prompt as the student (no memory): an easier task, kept for comparison.
   Both: the same prompts ours trained on (its stats["train_texts"]), the same max_new_tokens, temperature, steps,
@@ -102,7 +105,8 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
     from lmsleep.models import load_base
 
     model, tokenizer = load_base(Path(args.model_path))
-    cfg = SeedConfig(method="ks", ks_steps=args.steps, ks_lambda=1.0, ks_alpha=1.0, ks_max_new_tokens=args.max_new_tokens,
+    cfg = SeedConfig(method="ks", ks_steps=args.steps, ks_lambda=args.on_policy_fraction, ks_alpha=1.0,
+                     ks_max_new_tokens=args.max_new_tokens,
                      ks_expert_rank=args.rank, ks_prompts_per_memory=args.prompts_per_memory, ks_lr=LR,
                      ks_question_share=0.5,
                      batch_size=args.batch_size, ks_replay_prompts=0, seed=args.seed, ks_teacher_topk=TOPK,
@@ -112,8 +116,8 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
     counted = {"tokens": 0}
     real_score = teacher_side.score
 
-    def counting_score(teacher, samples, *a, **kw):  # every fresh on-policy y is scored here exactly once
-        counted["tokens"] += sum(len(s.completion) for s in samples if s.kind == "on-policy" and not s.scored)
+    def counting_score(teacher, samples, *a, **kw):  # every fresh y (student's or teacher's) is scored here once
+        counted["tokens"] += sum(len(s.completion) for s in samples if s.completion and not s.scored)
         return real_score(teacher, samples, *a, **kw)
 
     teacher_side.score = counting_score
@@ -229,7 +233,8 @@ def run_child(role: str, args: argparse.Namespace, model_path: Path, extra: list
         "--model-path", str(model_path), "--steps", str(args.steps), "--max-new-tokens", str(args.max_new_tokens),
         "--rank", str(args.rank), "--memories", str(args.memories), "--batch-size", str(args.batch_size),
         "--prompts-per-memory", str(args.prompts_per_memory), "--seed", str(args.seed),
-        "--trl-trainer", args.trl_trainer, "--activation-checkpointing", args.activation_checkpointing,
+        "--lambda", str(args.on_policy_fraction), "--trl-trainer", args.trl_trainer,
+        "--activation-checkpointing", args.activation_checkpointing,
         "--return-freed-memory-kb", str(args.return_freed_memory_kb), *extra])
 
 
@@ -268,7 +273,8 @@ def bench_model(args: argparse.Namespace) -> dict[str, Any]:
         "ours_final_loss": ours["final_loss"], "trl_final_loss": trl["final_loss"],
         "settings": {"model": args.model, "steps": args.steps, "max_new_tokens": args.max_new_tokens,
                      "rank": args.rank, "memories": args.memories, "prompts_per_memory": args.prompts_per_memory,
-                     "prompts_per_step": args.batch_size, "seed": args.seed, "lambda": 1.0, "beta": 0.5,
+                     "prompts_per_step": args.batch_size, "seed": args.seed, "lambda": args.on_policy_fraction,
+                     "beta": 0.5,
                      "activation_checkpointing": args.activation_checkpointing,
                      "return_freed_memory_kb": args.return_freed_memory_kb,
                      "malloc": (f"glibc mmap threshold fixed at {args.return_freed_memory_kb} KB in all three "
@@ -283,7 +289,10 @@ def bench_model(args: argparse.Namespace) -> dict[str, Any]:
                                      "distillation": "second copy of the model, same prompt as the student (no "
                                                      "memory in context)"}[args.trl_trainer],
                      "ours_teacher": "same weights, memory in context, new expert off",
-                     "tokens": "on-policy completion tokens (sampled by the student, scored by the teacher, trained on)",
+                     "tokens": ("on-policy completion tokens (sampled by the student, scored by the teacher, trained on)"
+                                if args.on_policy_fraction >= 1.0 else
+                                "completion tokens written (ours: by the teacher, up front, for lambda 0; TRL: by the "
+                                "student), scored by the teacher and trained on"),
                      "wall_s": "the consolidation call only (ours: consolidate_memories; TRL: trainer.train())"},
     }
 
@@ -307,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts-per-memory", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=2, help="prompts per optimizer step (both methods)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lambda", dest="on_policy_fraction", type=float, default=1.0,
+                   help="ours' seed.ks_lambda: 1 = every y sampled from the student (TRL's algorithm, the default); "
+                        "0 = the product's default, every y written once by the teacher up front; stored under "
+                        "'<model>-lambda<value>'")
     p.add_argument("--trl-trainer", choices=("sdft", "distillation"), default="sdft",
                    help="TRL's context-distillation SDFTTrainer (same task as ours) or its DistillationTrainer")
     p.add_argument("--activation-checkpointing", choices=("on", "off"), default="on",
@@ -344,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     label = args.model if args.trl_trainer == "sdft" else f"{args.model}+{args.trl_trainer}"
     label += "-no-checkpointing" if args.activation_checkpointing == "off" else ""
     label += "-malloc-default" if args.return_freed_memory_kb <= 0 else ""
+    label += f"-lambda{args.on_policy_fraction:g}" if args.on_policy_fraction != 1.0 else ""
     results.setdefault("models", {})[label] = entry
     results["host"] = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
     args.out.parent.mkdir(parents=True, exist_ok=True)

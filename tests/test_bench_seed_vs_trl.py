@@ -21,14 +21,18 @@ FIELDS = ["ours_tokens_per_s", "trl_tokens_per_s", "speedup", "ours_peak_rss_mb"
 
 
 @pytest.mark.slow
-def test_tiny_bench_writes_every_field(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("on_policy", "label"), [("1", "tiny"), ("0", "tiny-lambda0")])
+def test_tiny_bench_writes_every_field(tmp_path: Path, on_policy: str, label: str) -> None:
+    """lambda 1: ours samples every y from the student, as TRL does; lambda 0 (the product's default): ours' teacher
+    writes them up front, and its tokens are those the teacher wrote and scored."""
     pytest.importorskip("trl")
     out = tmp_path / "seed_speed.json"
     run = subprocess.run([sys.executable, str(SCRIPT), "--model", "tiny", "--steps", "2", "--max-new-tokens", "8",
-                          "--memories", "2", "--out", str(out)], cwd=PROJECT, capture_output=True, text=True,
-                         timeout=600)
+                          "--memories", "2", "--lambda", on_policy, "--out", str(out)], cwd=PROJECT,
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    entry = json.loads(out.read_text())["models"]["tiny"]
+    entry = json.loads(out.read_text())["models"][label]
+    assert entry["settings"]["lambda"] == float(on_policy)
     for field in FIELDS:
         assert field in entry, field
     assert entry["ours_steps"] == entry["trl_steps"] == 2
