@@ -29,17 +29,38 @@ class FakeTokenizer:
         return "".join(chr(i) for i in ids)
 
 
+def scripted_writer(replies, calls=None):
+    """A stand-in for sample_completions: the k-th sample ever drawn for a prompt is replies(prompt text)[k] (the
+    last one repeated); `calls` collects each call's prompt texts."""
+    drawn: dict[str, int] = {}
+
+    def fake_sample(model, tokenizer, prompts, temperature, max_new_tokens, n=1, groups=None):
+        assert n == 1
+        texts = [tokenizer.decode(p) for p in prompts]
+        if calls is not None:
+            calls.append(texts)
+        out = []
+        for text in texts:
+            script = replies(text)
+            k = drawn.get(text, 0)
+            drawn[text] = k + 1
+            out.append([ord(c) for c in script[min(k, len(script) - 1)]])
+        return out
+
+    return fake_sample
+
+
 def test_build_samples_spreads_prompts_over_sentences_and_never_reads_probes(monkeypatch):
     import lmsleep.ks.samples as samples
 
     asked = []
+    # per prompt: a non-question first, then a question: the first real question of the tries is kept
+    writer = scripted_writer(lambda text: ["The lamp.", "Who keeps the tower lamp?"])
 
     def fake_sample(model, tokenizer, prompts, temperature, max_new_tokens, n=1, groups=None):
         assert groups == (["m1"] * len(prompts))  # every question of a memory shares its prefix
         asked.extend(tokenizer.decode(p) for p in prompts)
-        # per prompt: a non-question first, then a question: the first real question of the tries is kept
-        return [[ord(c) for c in ("The lamp." if i % n == 0 else "Who keeps the tower lamp?")]
-                for i in range(len(prompts) * n)]
+        return writer(model, tokenizer, prompts, temperature, max_new_tokens, n, groups)
 
     monkeypatch.setattr(samples, "sample_completions", fake_sample)
     text = ("Brannoc keeps the lighthouse on Thallis. He paints the tower blue every spring. "
@@ -135,12 +156,30 @@ def test_more_phrasings_keep_distinct_questions_of_the_same_tries(monkeypatch):
     assert samples.distinct_questions(tries, 1) == ["Who keeps the lamp?"]
     assert samples.distinct_questions(tries, 3) == ["Who keeps the lamp?", "What does Brannoc keep?"]
     replies = ["Who keeps the lamp?", "Who keeps the lamp?", "Where is the lighthouse?"]
-    monkeypatch.setattr(samples, "sample_completions", lambda model, tok, prompts, *a, n=1, **k:
-                        [[ord(c) for c in replies[i % n]] for i in range(len(prompts) * n)])
     text = "Brannoc keeps the lighthouse on Thallis. He paints the tower blue every spring in April."
     for keep, expected in ((1, 2), (2, 4), (3, 4)):  # 2 asked sentences; 2 distinct questions in their tries
+        monkeypatch.setattr(samples, "sample_completions", scripted_writer(lambda prompt: replies))
         cfg = SimpleNamespace(ks_prompts_per_memory=2, ks_question_share=1.0, ks_cloze_share=0.0, ks_temperature=0.7,
                               ks_phrasings_per_question=keep)
         built = build_samples(None, FakeTokenizer(), [{"id": "m1", "text": text}], cfg, random.Random(0))
         assert [s.kind for s in built] == ["question"] * expected
         assert len({s.prompt_text for s in built}) == min(keep, 2)
+
+
+def test_questions_are_asked_again_only_where_one_is_missing(monkeypatch):
+    """write_questions samples in rounds: a sentence whose first try is a question is not asked again; one whose
+    tries are not questions is asked again, up to QUESTION_TRIES samples in all, then given up (no question)."""
+    from lmsleep.ks.samples import QUESTION_TRIES, write_questions
+
+    scripts = {"lamp": ["Who keeps the lamp?"], "tower": ["Blue.", "Spring.", "What colour is the tower?"],
+               "oil": ["Whale oil."]}
+    calls = []
+    writer = scripted_writer(lambda text: next(v for k, v in scripts.items() if f"the {k}" in text), calls)
+    asks = [("m1", "text", f"Sentence about the {k}.") for k in scripts]
+    import lmsleep.ks.samples as samples
+
+    monkeypatch.setattr(samples, "sample_completions", writer)
+    kept = write_questions(None, FakeTokenizer(), asks, 0.7, keep=1)
+    assert kept == [["Who keeps the lamp?"], ["What colour is the tower?"], []]
+    assert [len(c) for c in calls] == [3, 2, 2]  # all three, then only the two without a question, twice
+    assert sum(len(c) for c in calls) == 7 < len(asks) * QUESTION_TRIES

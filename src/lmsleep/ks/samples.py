@@ -175,17 +175,36 @@ def build_samples(model, tokenizer, memories: list[dict[str, Any]], cfg, rng: ra
             words = spread[(offset + n_questions + j) % len(spread)].split()
             k = rng.randint(min(3, len(words)), max(3, len(words) // 2))
             add(mid, "continuation", CONTINUATION + " ".join(words[:k]), text)
-    if asks:
-        chats = [encode(tokenizer, messages(question_instruction(sentence), text)) for _, text, sentence in asks]
-        written = sample_completions(model, tokenizer, chats, cfg.ks_temperature, QUESTION_TOKENS,
-                                     n=QUESTION_TRIES, groups=[mid for mid, _, _ in asks])  # the memory: read once
-        keep = max(1, min(QUESTION_TRIES, getattr(cfg, "ks_phrasings_per_question", 1)))
-        for i, (mid, text, _) in enumerate(asks):
-            tries = written[i * QUESTION_TRIES : (i + 1) * QUESTION_TRIES]
-            for q in distinct_questions([tokenizer.decode(t, skip_special_tokens=True) for t in tries], keep):
-                samples.append(Sample(mid, "question", encode(tokenizer, question_messages(q)),
-                                      encode(tokenizer, question_messages(q, text)), q, []))
+    keep = max(1, min(QUESTION_TRIES, getattr(cfg, "ks_phrasings_per_question", 1)))
+    for (mid, text, _), questions in zip(asks, write_questions(model, tokenizer, asks, cfg.ks_temperature, keep)):
+        for q in questions:
+            samples.append(Sample(mid, "question", encode(tokenizer, question_messages(q)),
+                                  encode(tokenizer, question_messages(q, text)), q, []))
     return samples + replay_samples(tokenizer, replay or []) + anchor_samples(tokenizer, anchors or [])
+
+
+def write_questions(model, tokenizer, asks: list[tuple[str, str, str]], temperature: float,
+                    keep: int) -> list[list[str]]:
+    """Per ask (memory id, memory text, sentence), up to `keep` distinct questions the model writes about the
+    sentence with the memory in context, from at most QUESTION_TRIES samples each.
+
+    Sampled in rounds: each round asks again only where questions are still missing, as many samples as are
+    missing. Most first tries are already questions, so a night decodes about half the sequences that sampling all
+    QUESTION_TRIES up front did (and, with generate calls capped in sequences and tokens, about half the calls);
+    the first real questions win as before."""
+    chats = [encode(tokenizer, messages(question_instruction(sentence), text)) for _, text, sentence in asks]
+    tries: list[list[str]] = [[] for _ in asks]
+    kept: list[list[str]] = [[] for _ in asks]
+    while True:
+        rows = [i for i in range(len(asks)) for _ in range(min(keep - len(kept[i]), QUESTION_TRIES - len(tries[i])))]
+        if not rows:
+            return kept
+        written = sample_completions(model, tokenizer, [chats[i] for i in rows], temperature, QUESTION_TOKENS,
+                                     groups=[asks[i][0] for i in rows])  # each memory read once per round
+        for i, y in zip(rows, written):
+            tries[i].append(tokenizer.decode(y, skip_special_tokens=True))
+        for i in set(rows):
+            kept[i] = distinct_questions(tries[i], keep)
 
 
 def reading_twins(samples: list[Sample], share: float, rng: random.Random,
