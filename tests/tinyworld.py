@@ -62,6 +62,7 @@ def tiny_params(night: str = "n1") -> Params:
     # the default consolidator (KS) at test size: one question and one completion per memory, a few steps
     params.seed.ks_steps, params.seed.ks_max_new_tokens, params.seed.ks_lr = 3, 6, 1e-2
     params.seed.ks_prompts_per_memory, params.seed.ks_question_share, params.seed.ks_expert_rank = 2, 0.5, 4
+    params.seed.ks_anchor_prompts = 2  # the default's anchors, at test size
     params.evaluate.max_new_tokens = 6
     params.tracking.wandb_mode = "disabled"
     return small_dream(params)
