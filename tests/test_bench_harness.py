@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 # A night in seconds on the tiny model: one SFT epoch, two KS steps on short samples.
 FAST = ["--set", "seed.epochs=1", "--set", "seed.ks_steps=2", "--set", "seed.ks_max_new_tokens=6",
         "--set", "seed.ks_expert_rank=4", "--set", "seed.ks_prompts_per_memory=2", "--set", "seed.ks_question_share=0.5",
-        "--set", "evaluate.max_new_tokens=4"]
+        "--set", "evaluate.max_new_tokens=4", "--set", "seed.ks_anchor_prompts=2"]
 # Dreaming at test size (as tinyworld.small_dream): every tested dream rewarded, so rehearsal and ReST-EM both run.
 SMALL_DREAM = [f"--set=dream.{k}={v}" for k, v in {
     "kinds": "[continuation,qa]", "dreams_per_memory": 2, "max_new_tokens": 12, "tau_questions": 1, "tau_answers": 1,

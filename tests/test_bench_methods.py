@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 FAST = ["--set", "seed.epochs=1", "--set", "seed.ks_steps=2", "--set", "seed.ks_max_new_tokens=6",
         "--set", "seed.ks_expert_rank=4", "--set", "seed.lora_rank=4", "--set", "seed.ks_prompts_per_memory=2",
         "--set", "seed.ks_question_share=0.5", "--set", "seed.ks_group_size=2", "--set", "evaluate.max_new_tokens=4",
-        "--set", "seed.ks_fast_chunk_tokens=8", "--set", "seed.ks_fast_passes=1"]
+        "--set", "seed.ks_fast_chunk_tokens=8", "--set", "seed.ks_fast_passes=1", "--set", "seed.ks_anchor_prompts=2"]
 # SEAL at test size: two self-edits per memory, one trial step, every tried self-edit rewarded (the tiny model's tau
 # never rises on its own), so the writer's ReST-EM step and the final SFT on kept self-edits both run
 SMALL_SEAL = [f"--set=dream.{k}={v}" for k, v in {

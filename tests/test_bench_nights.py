@@ -18,7 +18,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 TINY = {"nights": 3, "facts_per_night": 4, "facts_per_memory": 2, "pretrain_steps": 6, "pretrain_hidden": 32,
         "pretrain_layers": 1, "pretrain_heads": 2, "pretrain_vocab": 400, "pretrain_batch": 4, "pretrain_people": 8}
 FAST = ["seed.epochs=1", "seed.ks_steps=2", "seed.ks_max_new_tokens=6", "seed.ks_expert_rank=4",
-        "seed.ks_prompts_per_memory=2", "seed.ks_question_share=0.5", "seed.lora_rank=4", "evaluate.max_new_tokens=4"]
+        "seed.ks_prompts_per_memory=2", "seed.ks_question_share=0.5", "seed.lora_rank=4", "evaluate.max_new_tokens=4",
+        "seed.ks_anchor_prompts=2"]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ from lmsleep.config import Params, load_params, parse_overrides
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 FAST = ["seed.epochs=1", "seed.ks_steps=2", "seed.ks_max_new_tokens=6", "seed.ks_expert_rank=4",
-        "seed.ks_prompts_per_memory=2", "seed.ks_question_share=0.5", "evaluate.max_new_tokens=4"]
+        "seed.ks_prompts_per_memory=2", "seed.ks_question_share=0.5", "evaluate.max_new_tokens=4",
+        "seed.ks_anchor_prompts=2"]
 REAL_ARC = shared_data() / "arc"  # ../shared/data, or LMSLEEP_SHARED_DATA (a worktree elsewhere)
 
 

@@ -136,7 +136,7 @@ class SeedConfig:
     ks_anchor_prompts: int = _f(24, "ks: anchor prompts (unrelated to tonight) trained with the model as it is as "
                                     "teacher, so the new expert leaves that behaviour alone; 0 = none. 24: the demo "
                                     "night's perplexity rise +15% -> +4% (3 seeds; promoted), acquisition 31% -> 35%, "
-                                    "30 nights 14.6% -> 16.4%, but squad20 7.6% -> 3% (docs/results.md)")
+                                    "30 nights 14.6% -> 16.4%, but squad20 7.6% -> 4.2% (docs/results.md)")
     ks_anchor_file: str = _f("", "ks: the anchor prompts, one per line ('\\n' in a line is a line break, so a "
                                  "line can hold a text and a question about it); '' = the bundled general requests "
                                  "src/lmsleep/ks/anchor_prompts.txt")
