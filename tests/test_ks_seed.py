@@ -482,7 +482,8 @@ def test_ks_replays_earlier_nights_prompts_with_the_model_as_teacher(night):
     params.seed.ks_replay_prompts, params.seed.ks_replay_memory_share = 3, 0.0
     seed.run(params, ws)
     first = read_jsonl(ws.night_model("n1") / "train_texts.jsonl")
-    assert first and not any(r["source"].startswith("replay:") for r in first)  # no earlier night: no replay
+    # no earlier night: nothing to replay; tonight's memory prompts and the default's anchors only
+    assert first and {r["source"] for r in first} == {"memory", "anchor"}
     lineage = json.loads((ws.night_model("n1") / "lineage.json").read_text())
     registry.promote(ws, params.prepare_model, lineage, "n1", {})
 
