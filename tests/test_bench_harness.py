@@ -170,6 +170,20 @@ def test_sequential_benchmark_fills_the_accuracy_matrix_and_replays(ws, tmp_path
     texts = [json.loads(line) for line in (tmp_path / "toy_train_texts.jsonl").read_text().splitlines()]
     assert any(t["method"] == "sft_replay" and t["task"] == "night-b" and t.get("source") == "replay" for t in texts)
     assert (tmp_path / "toy_retention.png").exists() and "Retention" in (tmp_path / "toy.md").read_text()
+    # the product against the baseline that ran, seed by seed: on each group's accuracy and on the final ACC
+    paired = result["paired"]
+    assert paired["pairs"] == [["sleep_ks", "sft_replay"]]
+    ks, sft = retention["methods"]["sleep_ks"]["acc"], retention["methods"]["sft_replay"]["acc"]
+    [acc_row] = paired["acc"]
+    assert acc_row["per_seed"] == pytest.approx([a - b for a, b in zip(ks["per_seed"], sft["per_seed"])])
+    assert acc_row["n_seeds"] == 2 and acc_row["method"] == "sleep_ks" and acc_row["reference"] == "sft_replay"
+    for group, [row] in paired["accuracy"].items():
+        ks, sft = (result["aggregate"][group][m]["accuracy"]["per_seed"] for m in ("sleep_ks", "sft_replay"))
+        assert row["per_seed"] == pytest.approx([a - b for a, b in zip(ks, sft)])
+    assert "| ACC (sequential) | sleep_ks − sft_replay |" in (tmp_path / "toy.md").read_text()
+    # a saved result gives the same table
+    saved = json.loads((tmp_path / "toy.json").read_text())
+    assert harness.paired(saved, saved["methods"]) == saved["paired"]
 
 
 def test_sequential_ks_can_read_earlier_nights_memories_again(ws, tmp_path):

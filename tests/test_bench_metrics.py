@@ -96,3 +96,35 @@ def test_beats_beyond_intervals_and_gap_closed():
     assert metrics.gap_closed(0.5, 0.1, 0.9) == pytest.approx(0.5)
     assert metrics.gap_closed(0.5, 0.4, 0.4) is None  # no gap to close
     assert metrics.gap_closed(None, 0.1, 0.9) is None
+
+
+def test_paired_difference_shares_the_seeds_noise_that_separate_intervals_do_not():
+    # both methods swing together from seed to seed; one is 2 points above the other every time
+    ks, dream = [0.10, 0.20, 0.30], [0.12, 0.22, 0.32]
+    assert metrics.beats_beyond_intervals(metrics.seed_interval(dream), metrics.seed_interval(ks)) is False
+    paired = metrics.paired_difference(dream, ks)
+    assert paired["mean"] == pytest.approx(0.02) and paired["ci95"] == pytest.approx([0.02, 0.02])
+    assert paired["per_seed"] == pytest.approx([0.02, 0.02, 0.02]) and paired["beyond_zero"] == "above"
+    # differences 0.1, -0.1, 0.3: mean 0.1, s 0.2, half 4.3027 * 0.2 / sqrt(3) = 0.49683 -> straddles 0
+    mixed = metrics.paired_difference([0.5, 0.3, 0.6], [0.4, 0.4, 0.3])
+    assert mixed["ci95"] == pytest.approx([0.1 - 0.49683, 0.1 + 0.49683], abs=1e-4) and mixed["beyond_zero"] is None
+    assert metrics.paired_difference([0.1, 0.1], [0.3, 0.4])["beyond_zero"] is None  # t(1) = 12.7: too wide
+    assert metrics.paired_difference([0.1, 0.1, 0.1], [0.3, 0.4, 0.35])["beyond_zero"] == "below"
+    # a seed missing on either side is left out; one seed left is no interval at all
+    gap = metrics.paired_difference([0.5, None, 0.6], [0.4, 0.4, None])
+    assert gap["n_seeds"] == 1 and gap["beyond_zero"] is None and gap["per_seed"] == [pytest.approx(0.1), None, None]
+    with pytest.raises(ValueError, match="one per seed"):
+        metrics.paired_difference([0.1, 0.2], [0.1])
+
+
+def test_comparison_pairs_put_the_product_against_baselines_and_each_variant_against_its_parent():
+    methods = ["base", "icl", "sft", "opsd", "sleep_ks", "sleep_ks-expansion", "sleep_ks_dream",
+               "sleep_ks_dream-random_expert", "sleep_ks_dream+night_mix", "sleep_ks_fast_level", "seal_like"]
+    assert metrics.comparison_pairs(methods) == [
+        ("sleep_ks", "sft"), ("sleep_ks", "opsd"), ("sleep_ks", "seal_like"),
+        ("sleep_ks-expansion", "sleep_ks"), ("sleep_ks_dream", "sleep_ks"),
+        ("sleep_ks_dream-random_expert", "sleep_ks_dream"), ("sleep_ks_dream+night_mix", "sleep_ks_dream"),
+        ("sleep_ks_fast_level", "sleep_ks")]
+    # a variant whose parent did not run, and the product without baselines, compare with nothing
+    assert metrics.comparison_pairs(["base", "sleep_ks_dream-grad_selection", "sleep_ks"]) == []
+    assert metrics.comparison_pairs(["sft", "opsd"]) == []

@@ -335,8 +335,26 @@ def _result(bench: Benchmark, meta: dict[str, Any], tasks: list[Task], chosen: l
         "retention": retention(tasks, chosen, seeds, done, base_ppl) if bench.sequential else None,
         "scores": done["scores"], "steps": done["steps"],
     }
+    result["paired"] = paired(result, [m.name for m in chosen])
     result["headline"] = bench.headline(result)
     return result
+
+
+def paired(result: dict[str, Any], methods: list[str]) -> dict[str, Any]:
+    """Seed-by-seed differences of the compared pairs (metrics.comparison_pairs): no-context accuracy per group, and
+    the final average accuracy (ACC) of a sequential run. Works on a saved <stem>.json too: paired(d, d["methods"])."""
+    pairs = metrics.comparison_pairs(methods)
+
+    def rows(stat_of) -> list[dict[str, Any]]:
+        return [{"method": a, "reference": b,
+                 **metrics.paired_difference(stat_of(a)["per_seed"], stat_of(b)["per_seed"])} for a, b in pairs]
+
+    out: dict[str, Any] = {"pairs": [list(p) for p in pairs],
+                           "accuracy": {group: rows(lambda m, g=per_method: g[m]["accuracy"])
+                                        for group, per_method in result["aggregate"].items()}}
+    if result.get("retention"):
+        out["acc"] = rows(lambda m: result["retention"]["methods"][m]["acc"])
+    return out
 
 
 # ---------------------------------------------------------------- aggregation

@@ -20,6 +20,11 @@ score interval over that seed's probes (the evaluate stage's interval, `lmsleep.
 per-probe outcomes are given, else None. `ci_method` in the result says which was used. A quantity with a range
 (`bounds`: accuracies in [0, 1], differences of accuracies in [-1, 1]) has its t-interval clipped to that range, as
 a symmetric interval around a mean near 0% would otherwise reach below it.
+
+Paired differences (`paired_difference`): two methods run on the same data and seeds differ seed by seed, and the
+t-interval of those per-seed differences is the test of "A beats B" that shares the seeds' noise (data order, the
+night's own samples) between the two; two separate intervals that merely do not overlap is the stricter reading the
+issues' targets use. Reports carry both; `comparison_pairs` names which methods a run compares.
 """
 
 from __future__ import annotations
@@ -132,6 +137,36 @@ def beats_beyond_intervals(a: dict[str, Any], b: dict[str, Any]) -> bool | None:
     if not a.get("ci95") or not b.get("ci95"):
         return None
     return a["ci95"][0] > b["ci95"][1]
+
+
+def paired_difference(a: Sequence[float | None], b: Sequence[float | None]) -> dict[str, Any]:
+    """seed_interval of a[s] - b[s] over the seeds both have, plus "beyond_zero": "above" / "below" when the interval
+    excludes 0, None when it does not (or there is no interval: fewer than 2 paired seeds)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need one per seed on both sides, got {len(a)} and {len(b)}")
+    out = seed_interval([None if x is None or y is None else x - y for x, y in zip(a, b)], bounds=SIGNED_UNIT)
+    ci = out["ci95"] if out["n_seeds"] >= 2 else None
+    out["beyond_zero"] = None if not ci else "above" if ci[0] > 0 else "below" if ci[1] < 0 else None
+    return out
+
+
+# what the product's consolidator is compared with, seed by seed, wherever both ran
+PRODUCT, BASELINES = "sleep_ks", ("sft", "sft_replay", "context_distill_offpolicy", "opsd", "seal_like")
+
+
+def comparison_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
+    """(method, reference) pairs among `methods`: sleep_ks against every baseline that ran; an ablation or variant
+    ("X-part", "X+part") against X; another sleep_ks_* method (dreaming, the fast-level sender) against sleep_ks."""
+    present, pairs = set(methods), []
+    for name in methods:
+        cut = min((i for i in (name.find("-"), name.find("+")) if i > 0), default=None)
+        if cut is not None and name[:cut] in present:
+            pairs.append((name, name[:cut]))
+        elif name.startswith(PRODUCT + "_") and cut is None and PRODUCT in present:
+            pairs.append((name, PRODUCT))
+    if PRODUCT in present:
+        pairs[:0] = [(PRODUCT, b) for b in BASELINES if b in present]
+    return pairs
 
 
 def gap_closed(method: float | None, before: float | None, ceiling: float | None) -> float | None:

@@ -52,6 +52,7 @@ def markdown(result: dict[str, Any], stem: str, headline_lines: list[str]) -> st
               "- base) / (icl - base) on means. " + (result.get("grading_note") or "Correct = expected answer contained, or "
               f"token F1 >= {result['evaluate_config']['f1_threshold']} (lmsleep.grading).") + " Perplexity: reference text, base "
               f"{result['reference_perplexity_base']:.2f}.", ""]
+    lines += paired_markdown(result.get("paired"))
     if result.get("retention"):
         lines += ["## Retention (sequential)", "", "| method | ACC | BWT | FWT | forgetting | perplexity drift |",
                   "|---|---|---|---|---|---|"]
@@ -63,6 +64,23 @@ def markdown(result: dict[str, Any], stem: str, headline_lines: list[str]) -> st
               f"`{stem}_train_texts.jsonl` (everything trained on).", ""]
     lines += [f"![{p[:-4]}]({p})" for p in result.get("plots", [])]
     return "\n".join(lines) + "\n"
+
+
+def paired_markdown(paired: dict[str, Any] | None) -> list[str]:
+    """The seed-by-seed comparison table (lmsleep.bench.harness.paired); nothing when no pair ran."""
+    if not paired or not paired.get("pairs"):
+        return []
+    lines = ["## Paired differences (same data and seeds; 95% t-interval of the per-seed differences)", "",
+             "| on | method − reference | difference | per seed | beyond 0 |", "|---|---|---|---|---|"]
+    tables = [(f"{group} accuracy", rows) for group, rows in paired["accuracy"].items()]
+    tables += [("ACC (sequential)", paired["acc"])] if paired.get("acc") else []
+    for on, rows in tables:
+        for r in rows:
+            seeds = ", ".join("n/a" if v is None else f"{v:+.1%}" for v in r["per_seed"])
+            lines.append(f"| {on} | {r['method']} − {r['reference']} | {_num(r, '+.1%')} | {seeds} "
+                         f"| {r['beyond_zero'] or 'no'} |")
+    return lines + ["", "Beyond 0: the interval of the differences excludes 0 (a weaker test than two separate "
+                        "intervals that do not overlap, which the targets use; lmsleep.bench.metrics).", ""]
 
 
 def write_plots(result: dict[str, Any], out: Path, stem: str) -> list[str]:
