@@ -183,3 +183,16 @@ def test_questions_are_asked_again_only_where_one_is_missing(monkeypatch):
     assert kept == [["Who keeps the lamp?"], ["What colour is the tower?"], []]
     assert [len(c) for c in calls] == [3, 2, 2]  # all three, then only the two without a question, twice
     assert sum(len(c) for c in calls) == 7 < len(asks) * QUESTION_TRIES
+
+
+def test_greedy_question_writing_asks_each_sentence_once(monkeypatch):
+    """At temperature 0 every try is the same text: one try per sentence, whatever `keep` or the first reply."""
+    import lmsleep.ks.samples as samples
+    from lmsleep.ks.samples import write_questions
+
+    calls = []
+    monkeypatch.setattr(samples, "sample_completions",
+                        scripted_writer(lambda text: ["Blue."] if "tower" in text else ["Who keeps the lamp?"], calls))
+    asks = [("m1", "text", "Sentence about the lamp."), ("m1", "text", "Sentence about the tower.")]
+    assert write_questions(None, FakeTokenizer(), asks, 0.0, keep=3) == [["Who keeps the lamp?"], []]
+    assert [len(c) for c in calls] == [2]

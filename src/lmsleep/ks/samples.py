@@ -186,7 +186,7 @@ def build_samples(model, tokenizer, memories: list[dict[str, Any]], cfg, rng: ra
 def write_questions(model, tokenizer, asks: list[tuple[str, str, str]], temperature: float,
                     keep: int) -> list[list[str]]:
     """Per ask (memory id, memory text, sentence), up to `keep` distinct questions the model writes about the
-    sentence with the memory in context, from at most QUESTION_TRIES samples each.
+    sentence with the memory in context, from at most QUESTION_TRIES samples each (one at temperature 0).
 
     Sampled in rounds: each round asks again only where questions are still missing, as many samples as are
     missing; the first real questions of i.i.d. tries win, as when all QUESTION_TRIES were sampled up front. Most
@@ -195,8 +195,9 @@ def write_questions(model, tokenizer, asks: list[tuple[str, str, str]], temperat
     chats = [encode(tokenizer, messages(question_instruction(sentence), text)) for _, text, sentence in asks]
     tries: list[list[str]] = [[] for _ in asks]
     kept: list[list[str]] = [[] for _ in asks]
+    most = QUESTION_TRIES if temperature > 0 else 1  # greedy decoding writes the same text every time it is asked
     while True:
-        rows = [i for i in range(len(asks)) for _ in range(min(keep - len(kept[i]), QUESTION_TRIES - len(tries[i])))]
+        rows = [i for i in range(len(asks)) for _ in range(min(keep - len(kept[i]), most - len(tries[i])))]
         if not rows:
             return kept
         written = sample_completions(model, tokenizer, [chats[i] for i in rows], temperature, QUESTION_TOKENS,
