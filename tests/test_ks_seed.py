@@ -1,7 +1,9 @@
 """seed.method = ks (lmsleep.ks.consolidate): context distillation into one new CMS expert, on the tiny model."""
 
+import gc
 import json
 import math
+import weakref
 from types import SimpleNamespace
 
 import pytest
@@ -12,6 +14,7 @@ from tinyworld import CANARY_A, CANARY_Q, memory, tiny_workspace
 from lmsleep.config import SeedConfig
 from lmsleep.ks import consolidate as ks
 from lmsleep.ks import teacher as teacher_side
+from lmsleep.ks.rollout import PrefixKV
 from lmsleep.ks.samples import replay_samples
 from lmsleep.memory import read_jsonl, write_jsonl
 from lmsleep.models import load_base, load_lineage
@@ -207,9 +210,23 @@ def test_memory_prefixes_are_kept_for_the_loop_only_when_it_scores_on_policy_sam
     params.seed.ks_lambda = ks_lambda
     params.seed.ks_teacher_cache = False
     params.seed.ks_prompts_per_memory, params.seed.ks_question_share = 3, 0.0  # 3 prompts share each memory's prefix
-    up_front, in_loop = [], []
+    up_front, in_loop, alive_while_writing = [], [], []
     real_score, real_loss = teacher_side.score, ks.distillation_loss
-    monkeypatch.setattr(teacher_side, "score", lambda *a, **k: (up_front.append(bool(a[5])), real_score(*a, **k))[1])
+    real_per_memory, real_write = teacher_side.score_per_memory, teacher_side.write_completions
+    monkeypatch.setattr(teacher_side, "score",
+                        lambda *a, **k: (up_front.append(("all", bool(a[5]))), real_score(*a, **k))[1])
+    monkeypatch.setattr(teacher_side, "score_per_memory",
+                        lambda *a, **k: (up_front.append(("per memory", True)), real_per_memory(*a, **k))[1])
+    live = weakref.WeakSet()
+    real_init = PrefixKV.__init__
+    monkeypatch.setattr(PrefixKV, "__init__", lambda self, *a, **k: (live.add(self), real_init(self, *a, **k))[1])
+
+    def write(*args, **kwargs):
+        gc.collect()
+        alive_while_writing.append(len(live))
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_side, "write_completions", write)
     signature = inspect.signature(real_loss)
 
     def loss(*args, **kwargs):
@@ -218,8 +235,12 @@ def test_memory_prefixes_are_kept_for_the_loop_only_when_it_scores_on_policy_sam
 
     monkeypatch.setattr(ks, "distillation_loss", loss)
     seed.run(params, ws)
-    assert up_front[0]  # the night's samples were scored after their memory's prefix
+    # the night's samples were scored after their memory's prefix: each made just before its memory's rows at
+    # lambda 0 (the loop will not need it), all kept for the loop otherwise
+    assert up_front[0] == (("all", True) if ks_lambda > 0 else ("per memory", True))
     assert in_loop and all(has == (ks_lambda > 0) for has in in_loop)
+    # the teacher writes the night's y up front with no prefix held (at lambda 0.5 the loop's later turns do hold them)
+    assert alive_while_writing[0] == 0 and (ks_lambda > 0 or not any(alive_while_writing))
 
 
 def test_pure_distillation_loss_falls(night):
@@ -447,7 +468,6 @@ def test_scoring_after_the_cached_memory_prefix_equals_scoring_whole_prompts():
     every teacher prompt in full; prompts that do not extend the prefix (another memory) are run in full."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lmsleep.ks.rollout import PrefixKV
     from lmsleep.ks.samples import Sample
 
     torch.manual_seed(0)
@@ -467,6 +487,10 @@ def test_scoring_after_the_cached_memory_prefix_equals_scoring_whole_prompts():
     teacher_side.score(model, plain, 0, 2, 0)
     teacher_side.score(model, cached, 0, 2, 0, prefixes)
     for a, b in zip(plain, cached):
+        assert torch.allclose(a.teacher_logprobs, b.teacher_logprobs, atol=1e-5)
+    one_at_a_time = batch()
+    assert teacher_side.score_per_memory(model, one_at_a_time, 0, 2, 0) == 4
+    for a, b in zip(plain, one_at_a_time):
         assert torch.allclose(a.teacher_logprobs, b.teacher_logprobs, atol=1e-5)
     wrong = PrefixKV(model, [7] * 20)
     wrong.tokens = head  # a cache that does not belong to these tokens must change the result: it is really used

@@ -153,7 +153,8 @@ def _prepare_samples(cms, tokenizer, memories, cfg, level: str, index: int, repl
 
     Returns (samples, the teacher's cached memory prefixes, teacher samples scored here, cache: off | hit | miss).
     The prefixes are kept for the loop only when it will score on-policy samples (ks_lambda > 0): they cost 46 KB
-    per memory token on SmolLM2 (230 MB for 20 SQuAD passages), held all night."""
+    per memory token on SmolLM2 (230 MB for 20 SQuAD passages), held all night. Otherwise each is made just before
+    its memory's samples are scored and freed after them."""
     key = teacher_side.cache_key(teacher_id, memories, replay, anchors, cfg) if teacher_cache else ""
     cached = teacher_side.load_cache(teacher_cache, key) if teacher_cache else None
     rng = random.Random(cfg.seed)
@@ -162,11 +163,12 @@ def _prepare_samples(cms, tokenizer, memories, cfg, level: str, index: int, repl
     loop_scores = cfg.ks_lambda > 0  # only on-policy samples are scored inside the loop
     with cms.experts_off(level, [index]):
         samples = cached or build_samples(cms, tokenizer, memories, cfg, rng, replay, anchors)
-        prefixes = teacher_side.memory_prefixes(cms, samples) if score_now or loop_scores else {}
-        if score_now:
+        if score_now:  # y first, holding no memory's prefix: the teacher's writing is a night's peak of memory
             teacher_side.write_completions(cms, tokenizer, samples, cfg)
-            scored = teacher_side.score(cms, samples, tokenizer.pad_token_id, cfg.batch_size, cfg.ks_teacher_topk,
-                                        prefixes)
+        prefixes = teacher_side.memory_prefixes(cms, samples) if loop_scores else {}
+        if score_now:
+            scoring = (cms, samples, tokenizer.pad_token_id, cfg.batch_size, cfg.ks_teacher_topk)
+            scored = teacher_side.score(*scoring, prefixes) if loop_scores else teacher_side.score_per_memory(*scoring)
     if teacher_cache and not cached:
         teacher_side.save_cache(teacher_cache, key, samples)
     # after the cache: twins are derived from the teacher's samples, so the cache (and its key) stay the same
