@@ -28,13 +28,16 @@ class FakeTokenizer:
     def decode(self, ids, skip_special_tokens=True):
         return "".join(chr(i) for i in ids)
 
+    def __len__(self):  # one token per ASCII character
+        return 128
+
 
 def scripted_writer(replies, calls=None):
     """A stand-in for sample_completions: the k-th sample ever drawn for a prompt is replies(prompt text)[k] (the
     last one repeated); `calls` collects each call's prompt texts."""
     drawn: dict[str, int] = {}
 
-    def fake_sample(model, tokenizer, prompts, temperature, max_new_tokens, n=1, groups=None):
+    def fake_sample(model, tokenizer, prompts, temperature, max_new_tokens, n=1, groups=None, stop_ids=()):
         assert n == 1
         texts = [tokenizer.decode(p) for p in prompts]
         if calls is not None:
@@ -57,8 +60,9 @@ def test_build_samples_spreads_prompts_over_sentences_and_never_reads_probes(mon
     # per prompt: a non-question first, then a question: the first real question of the tries is kept
     writer = scripted_writer(lambda text: ["The lamp.", "Who keeps the tower lamp?"])
 
-    def fake_sample(model, tokenizer, prompts, temperature, max_new_tokens, n=1, groups=None):
+    def fake_sample(model, tokenizer, prompts, temperature, max_new_tokens, n=1, groups=None, stop_ids=()):
         assert groups == (["m1"] * len(prompts))  # every question of a memory shares its prefix
+        assert stop_ids == {ord("?")}  # a question's writing stops at its '?' (the only token holding one here)
         asked.extend(tokenizer.decode(p) for p in prompts)
         return writer(model, tokenizer, prompts, temperature, max_new_tokens, n, groups)
 

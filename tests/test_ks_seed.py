@@ -317,6 +317,48 @@ def test_generation_calls_are_capped_by_sequences_and_tokens(monkeypatch):
     assert widths == [1]
 
 
+@pytest.mark.parametrize("groups", [None, [0, 0, 1]])
+def test_a_row_stops_at_a_stop_token_with_the_tokens_it_would_have_had(groups):
+    """sample_completions(stop_ids=...): each row of a generate call is the row sampled without them, cut after its
+    first stop token, and the call decodes no further than its longest row needs. A later call draws from where the
+    shorter call left the random state: other samples, ended the same way (groups: two calls)."""
+    from test_cms import tiny_model
+
+    from lmsleep.ks import rollout
+
+    model = tiny_model("llama")
+    tokenizer = type("T", (), {"pad_token_id": 2, "eos_token_id": 1, "convert_tokens_to_ids": lambda self, t: None})()
+    prompts = [list(range(40, 60)) + [30], list(range(40, 60)) + [31, 32], [7, 8, 9, 10]]
+    steps = []
+    hook = model.register_forward_hook(lambda module, args, out: steps.append(1))
+    torch.manual_seed(5)
+    plain = rollout.sample_completions(model, tokenizer, prompts, 1.5, 12, n=2, groups=groups)
+    plain_steps, steps[:] = len(steps), []
+    stops = {row[1] for row in plain}  # every row meets a stop token by its second token
+    torch.manual_seed(5)
+    stopped = rollout.sample_completions(model, tokenizer, prompts, 1.5, 12, n=2, groups=groups, stop_ids=stops)
+    hook.remove()
+    first_call = len(plain) if groups is None else 4  # group 0: two prompts x n 2
+    for full, cut in zip(plain[:first_call], stopped[:first_call]):
+        first = next(i for i, t in enumerate(full) if t in stops)
+        assert cut == full[: first + 1] and len(cut) <= 2
+    for cut in stopped[first_call:]:
+        assert not stops & set(cut[:-1]) and (cut[-1] in stops or len(cut) == 12)
+    assert len(steps) < plain_steps  # the first call ended when its rows had stopped, not at 12 new tokens
+
+
+def test_text_stop_ids_are_the_tokens_holding_a_character():
+    from lmsleep.ks.rollout import text_stop_ids
+
+    vocab = ["a", "?", "b?", "\n", "?!", "c"]
+    decoded = []
+    tokenizer = type("T", (), {"__len__": lambda self: len(vocab),
+                               "decode": lambda self, ids: (decoded.append(ids), vocab[ids[0]])[1]})()
+    assert text_stop_ids(tokenizer, "?") == {1, 2, 4}
+    assert text_stop_ids(tokenizer, "?") == {1, 2, 4} and len(decoded) == len(vocab)  # once per tokenizer
+    assert text_stop_ids(tokenizer, "?\n") == {1, 2, 3, 4}
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 def test_prompts_of_one_memory_are_generated_after_its_prefix_read_once(arch):
     """sample_completions(groups=...): the same greedy completions, the same samples for the same batches and seed,

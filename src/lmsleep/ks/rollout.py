@@ -16,7 +16,7 @@ layers, the largest part of a KS step's memory; `bench/seed_vs_trl.py` measures 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Collection, Hashable, Iterator
 from contextlib import contextmanager
 from typing import Sequence
 
@@ -48,9 +48,14 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, left: bool, device) -> 
 
 
 def sample_completions(model, tokenizer, prompts: Sequence[Sequence[int]], temperature: float, max_new_tokens: int,
-                       n: int = 1, groups: Sequence[Hashable] | None = None) -> list[list[int]]:
+                       n: int = 1, groups: Sequence[Hashable] | None = None,
+                       stop_ids: Collection[int] = ()) -> list[list[int]]:
     """Sampled completions (token lists, cut after the first stop token), n per prompt in prompt order; no gradient
-    anywhere. temperature 0 = greedy (n must then be 1).
+    anywhere. temperature 0 = greedy (n must then be 1). `stop_ids`: more tokens that end a completion (kept as its
+    last), e.g. `text_stop_ids`: a row stops there, and a call ends when all its rows have, so a caller that reads
+    only the text up to a character does not decode past it. Within a call each row's tokens up to its stop are
+    those it would have had without (every step still samples every row); a later call starts from where the
+    shorter one left the random state, so its rows are other samples of the same distribution.
 
     `groups` (one key per prompt, e.g. its memory's id): the prompts of a key, and the n samples of each, are
     generated after the keys and values of the token prefix they share (the chat header and the memory text),
@@ -59,7 +64,7 @@ def sample_completions(model, tokenizer, prompts: Sequence[Sequence[int]], tempe
     groups share one generate call, each after its own prefix (`_calls`, `stacked_cache`)."""
     from transformers import GenerationConfig
 
-    stops = stop_token_ids(model, tokenizer)
+    stops = stop_token_ids(model, tokenizer) + sorted(set(stop_ids))
     if temperature > 0:
         sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
     elif n == 1:
@@ -77,6 +82,18 @@ def sample_completions(model, tokenizer, prompts: Sequence[Sequence[int]], tempe
                 cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
                 per_prompt.setdefault(call[j // n][0], []).append(row[:cut] or [stops[0]])
     return [y for i in range(len(prompts)) for y in per_prompt[i]]
+
+
+def text_stop_ids(tokenizer, chars: str) -> frozenset[int]:
+    """Every token whose text holds one of `chars` (single characters such as "?" or a line break, which a byte-level
+    BPE never splits): after one, the text up to the first of them is complete. Computed once per tokenizer."""
+    cache = _TEXT_STOPS.setdefault(id(tokenizer), (tokenizer, {}))[1]  # the tokenizer is held: its id stays its own
+    if chars not in cache:
+        cache[chars] = frozenset(i for i in range(len(tokenizer)) if any(c in tokenizer.decode([i]) for c in chars))
+    return cache[chars]
+
+
+_TEXT_STOPS: dict[int, tuple[object, dict[str, frozenset[int]]]] = {}
 
 
 MIN_SHARED_PREFIX = 16  # tokens: below this a separate prefix pass costs more than it saves

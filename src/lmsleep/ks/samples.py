@@ -42,11 +42,12 @@ from typing import Any
 import torch
 
 from lmsleep.grading import normalize
-from lmsleep.ks.rollout import sample_completions
+from lmsleep.ks.rollout import sample_completions, text_stop_ids
 from lmsleep.memory import training_text
 from lmsleep.prompts import question_messages
 
 QUESTION_TOKENS = 32  # longest self-written question
+QUESTION_ENDS = "?"  # clean_question reads up to the first '?': writing stops there (a line break may lead, so not it)
 QUESTION_TRIES = 3  # samples per asked question; the first real question wins (a 135M writer often answers instead)
 CONTINUATION = "Complete this sentence from the text: "
 CLOZE = "Fill in the blank (___) with the missing words: "
@@ -201,7 +202,8 @@ def write_questions(model, tokenizer, asks: list[tuple[str, str, str]], temperat
         if not rows:
             return kept
         written = sample_completions(model, tokenizer, [chats[i] for i in rows], temperature, QUESTION_TOKENS,
-                                     groups=[asks[i][0] for i in rows])  # each memory read once per round
+                                     groups=[asks[i][0] for i in rows],  # each memory read once per round
+                                     stop_ids=text_stop_ids(tokenizer, QUESTION_ENDS))
         for i, y in zip(rows, written):
             tries[i].append(tokenizer.decode(y, skip_special_tokens=True))
         for i in set(rows):
