@@ -81,6 +81,12 @@ BENCH_PREFIX_PASSAGES ?= 5
 bench-teacher-prefix: venv
 	OMP_NUM_THREADS=1 $(BIN)/python bench/teacher_prefix.py --model smollm2 --passages $(BENCH_PREFIX_PASSAGES)
 
+# The demo night's question writing with and without stopping each row at its first '?', alternating in one process
+# (bench/question_stop.py). Result: bench/results/question_stop.json.
+.PHONY: bench-question-stop
+bench-question-stop: venv
+	OMP_NUM_THREADS=1 $(BIN)/python bench/question_stop.py --model smollm2
+
 # Benchmarks (`lmsleep bench`, src/lmsleep/bench/): methods x seeds on the same data, graded like the evaluate stage.
 # Results: bench/results/<name>.json (per seed and aggregated: mean, 95% interval), .md table, .png plots; W&B offline.
 # bench-quality is issue 3's (-> seed_quality.json); bench-squad is SEAL's SQuAD protocol on its first 3 passages
