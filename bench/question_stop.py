@@ -66,7 +66,8 @@ def run(model_path: Path, reps: int) -> dict[str, Any]:
                 print(mode, rep, runs[mode][-1], flush=True)
     finally:
         samples.text_stop_ids = shipped
-    total = {mode: {key: sum(r[key] for r in rows) for key in ("wall_s", "decode_steps")} for mode, rows in runs.items()}
+    total = {mode: {key: sum(r[key] for r in rows) for key in ("wall_s", "decode_steps")}
+             for mode, rows in runs.items()}
     return {"runs": runs, "memories": len(memories),
             "stop_vs_plain": {key: round(total["stop"][key] / total["plain"][key], 3) for key in total["stop"]}}
 
