@@ -2,9 +2,9 @@
 
 import json
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from tinyworld import memory, tiny_workspace
@@ -14,6 +14,8 @@ from lmsleep.memory import read_json, write_jsonl
 from lmsleep.stages import seed
 
 CPU_DDP = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "cpu_ddp.yaml"
+# single-process runs on one thread, as torchrun's processes run (OMP_NUM_THREADS=1): the same float rounding
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_rows_are_split_without_overlap_or_loss():
@@ -32,16 +34,6 @@ def test_summed_token_loss_matches_the_mean_loss_of_transformers():
     assert torch.allclose(summed_token_loss(logits, labels) / labelled_tokens(labels), expected)
 
 
-@contextmanager
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def test_two_process_ddp_seed_equals_single_process(tmp_path, tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "tiny-cache-ddp"
     results = {}
@@ -51,8 +43,7 @@ def test_two_process_ddp_seed_equals_single_process(tmp_path, tmp_path_factory):
         params.seed.batch_size, params.seed.epochs, params.seed.accelerate_config = 3, 2, config
         # 5 memories in batches of 3: the last batch (2 rows) and odd shards exercise the uneven split
         write_jsonl(ws.night_data("n1") / "accepted.jsonl", [memory(i) for i in range(5)])
-        with one_thread():  # as torchrun's processes run (OMP_NUM_THREADS=1): the same float rounding
-            summary = seed.run(params, ws)
+        summary = seed.run(params, ws)
         results[name] = (summary, load_file(ws.night_model("n1") / "adapter" / "adapter_model.safetensors"),
                          read_json(ws.night_model("n1") / "train_log.json"))
     single, ddp = results["single"], results["ddp"]
@@ -72,8 +63,7 @@ def _ks_night(tmp_path, cache, name: str, config: str, **seed_params):
                        "ks_prompts_per_memory": 2, "ks_question_share": 0.5, **seed_params}.items():
         setattr(params.seed, key, value)
     write_jsonl(ws.night_data("n1") / "accepted.jsonl", [memory(i) for i in range(3)])
-    with one_thread():
-        summary = seed.run(params, ws)
+    summary = seed.run(params, ws)
     return (summary, load_file(ws.night_model("n1") / "adapter" / "adapter_model.safetensors"),
             read_json(ws.night_model("n1") / "train_log.json"), ws)
 
