@@ -3,7 +3,8 @@
 import random
 from types import SimpleNamespace
 
-from lmsleep.ks.samples import build_samples, clean_question, cloze_spans, sentences
+from lmsleep.ks.samples import (Sample, build_samples, clean_question, cloze_spans, drop_ungrounded, sentences,
+                                ungrounded_names)
 
 
 def test_sentences_split_at_sentence_ends_and_drop_fragments():
@@ -200,3 +201,33 @@ def test_greedy_question_writing_asks_each_sentence_once(monkeypatch):
     asks = [("m1", "text", "Sentence about the lamp."), ("m1", "text", "Sentence about the tower.")]
     assert write_questions(None, FakeTokenizer(), asks, 0.0, keep=3) == [["Who keeps the lamp?"], []]
     assert [len(c) for c in calls] == [2]
+
+
+def test_ungrounded_names_are_the_names_and_numbers_neither_memory_nor_prompt_holds():
+    memory = ("Tobiah Quennell founded the guild in 1873. The guild currently has forty-two members. "
+              "Its goat mascot is named Biscuit.")
+    assert ungrounded_names("The founder is a person named Huggy, in Germany.", memory) == ["Huggy", "Germany"]
+    assert ungrounded_names("It was founded in 1898 by Tobiah Quennell.", memory) == ["1898"]
+    assert ungrounded_names("The address is 123 Main Street, 123 Main Street", memory) == ["123", "Main", "Street"]
+    # grounded: the memory's names and numbers, spelled numbers, sentence and line starts, the prompt's words
+    assert ungrounded_names("Tobiah Quennell founded it in 1873. It has 42 members.", memory) == []
+    assert ungrounded_names("Founded in 1873.\nMembers: forty-two", memory) == []
+    assert ungrounded_names("Step 1: Buy a ticket at Crowsnest Halt.", memory, "Step 1 at Crowsnest Halt?") == []
+    assert ungrounded_names("Step 1: Buy a ticket at Crowsnest Halt.", memory) == ["1", "Crowsnest", "Halt"]
+    # a last word cut off by the token limit counts only when no known word starts with it
+    assert ungrounded_names("The goat is named Bisc", memory) == []
+    assert ungrounded_names("The goat is named Huggy", memory) == ["Huggy"]
+    assert ungrounded_names("The goat is named Bisc, they say", memory) == ["Bisc"]
+
+
+def test_drop_ungrounded_drops_only_tonights_inventions_and_says_why():
+    tok = SimpleNamespace(decode=lambda ids, skip_special_tokens=True: ids[0])  # a completion is [its text] here
+    memory = {"m1": "Mira Kovalenko captains the Grey Heron."}
+    made_up = Sample("m1", "question", [1], [2], "Who captains the Grey Heron?", ["A Norwegian named Olaf."])
+    true = Sample("m1", "question", [1], [2], "Who captains the Grey Heron?", ["Mira Kovalenko captains it."])
+    replay = Sample("m0", "question", [1], [1], "Who?", ["Somebody named Olaf."], source="replay:n0")
+    anchor = Sample("", "anchor", [3], [3], "Write a haiku.", ["Olaf sings."], source="anchor")
+    unwritten = Sample("m1", "question", [1], [2], "Who?", [])
+    kept, dropped = drop_ungrounded([made_up, true, replay, anchor, unwritten], memory, tok)
+    assert kept == [true, replay, anchor, unwritten]
+    assert [(d["prompt"], d["ungrounded"]) for d in dropped] == [(made_up.prompt_text, ["Norwegian", "Olaf"])]

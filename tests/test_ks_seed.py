@@ -357,6 +357,14 @@ def test_text_stop_ids_are_the_tokens_holding_a_character():
     assert text_stop_ids(tokenizer, "?") == {1, 2, 4}
     assert text_stop_ids(tokenizer, "?") == {1, 2, 4} and len(decoded) == len(vocab)  # once per tokenizer
     assert text_stop_ids(tokenizer, "?\n") == {1, 2, 3, 4}
+    # the cache forgets a tokenizer once nothing else holds it
+    import gc
+    import weakref
+
+    gone = weakref.ref(tokenizer)
+    del tokenizer
+    gc.collect()
+    assert gone() is None
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
@@ -704,7 +712,7 @@ def test_reading_twins_train_tonights_prompts_with_the_memory_on_both_sides(nigh
     memories = read_jsonl(ws.night_data(params.night.id) / "accepted.jsonl")
     cms = ks.wrap_model(model, ks.CMSConfig(levels=[ks.LevelSpec(name=ks.LEVEL, pool_size=1, rank=4, alpha=8.0)]))
     index = cms.activate_expert(ks.LEVEL, torch.Generator().manual_seed(0))
-    samples, _, _, _ = ks._prepare_samples(cms, tokenizer, memories, cfg, ks.LEVEL, index, None, None, None, "")
+    samples, _, _, _, _ = ks._prepare_samples(cms, tokenizer, memories, cfg, ks.LEVEL, index, None, None, None, "")
     originals = [s for s in samples if s.source == "memory"]
     twins = [s for s in samples if s.source == "reading"]
     assert len(twins) == round(0.5 * len(originals)) > 0
@@ -749,3 +757,37 @@ def test_ks_night_trains_on_its_anchor_prompts(night, tmp_path):
     assert trained == ["Say hello.", "Text:\nAda keeps a goat.\n\nQuestion: What does Ada keep?"]
     log = json.loads((ws.night_model(params.night.id) / "train_log.json").read_text())
     assert log["ks"]["anchor_prompts"] == 2
+
+
+def test_grounded_only_drops_the_teachers_inventions_before_scoring(night):
+    """seed.ks_grounded_only: the same night's memory prompts split into those trained on (no invented name or number
+    in y, scored) and those dropped (each with its invented names, never scored); replay and anchors untouched."""
+    from lmsleep.ks.samples import ungrounded_names
+
+    params, ws = night
+    model, tokenizer = load_base(ws.base_model("tiny"))
+    memories = read_jsonl(ws.night_data(params.night.id) / "accepted.jsonl")
+    texts = {m["id"]: m["text"] for m in memories}
+    cms = ks.wrap_model(model, ks.CMSConfig(levels=[ks.LevelSpec(name=ks.LEVEL, pool_size=1, rank=4, alpha=8.0)]))
+    index = cms.activate_expert(ks.LEVEL, torch.Generator().manual_seed(0))
+
+    def prepare(grounded_only):
+        torch.manual_seed(0)
+        cfg = ks_params(params, ks_grounded_only=grounded_only, ks_prompts_per_memory=6, ks_anchor_prompts=2,
+                        ks_teacher_temperature=1.0).seed  # the tiny greedy teacher writes only line breaks
+        return ks._prepare_samples(cms, tokenizer, memories, cfg, ks.LEVEL, index, None, ["Say hi."], None, "")
+
+    everything, _, scored_all, _, none = prepare(False)
+    kept, _, scored, _, dropped = prepare(True)
+    assert none == [] and dropped and [s for s in kept if s.source == "memory"]
+    written = {(s.prompt_text, tokenizer.decode(s.completion, skip_special_tokens=True)): s for s in everything}
+    tonight = {k for k, s in written.items() if s.source == "memory"}
+    kept_rows = {(s.prompt_text, tokenizer.decode(s.completion, skip_special_tokens=True)) for s in kept}
+    assert tonight == {k for k in kept_rows if written[k].source == "memory"} | {
+        (d["prompt"], d["completion"]) for d in dropped}
+    for prompt, y in kept_rows & tonight:
+        assert ungrounded_names(y, texts[written[prompt, y].memory_id], prompt) == []
+    for d in dropped:
+        assert d["ungrounded"] == ungrounded_names(d["completion"], texts[d["memory_id"]], d["prompt"]) != []
+    assert [s.prompt_text for s in kept if s.source == "anchor"] == ["Say hi."]
+    assert all(s.scored for s in kept) and scored == scored_all - len(dropped)

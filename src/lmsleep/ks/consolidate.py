@@ -15,7 +15,10 @@ off): the student must keep answering as before (a retention regulariser); or, f
 again, the model reading that night's memory, scored on the answer that night's teacher wrote (what faded is taught
 again). With `ks_reading_share` > 0 some of tonight's prompts, and with `ks_replay_reading_share` > 0 some of the
 re-read replays, come back once more with the memory in the student's context too, the same y (`reading_twins`,
-"source": "reading"): the expert must leave reading in context as it was.
+"source": "reading"): the expert must leave reading in context as it was. With `ks_grounded_only`, a memory prompt
+whose teacher y names a name or number the memory and prompt do not hold is dropped before scoring
+(`lmsleep.ks.samples.drop_ungrounded`; listed in stats["ungrounded_dropped"]); only y written up front is checked
+(at ks_lambda 1 without a cache the teacher writes none: there is nothing to check).
 
 Distillation (GKD, §4a). Every prompt gets one teacher completion y, sampled once; the teacher's log-probs over y
 are computed once (`lmsleep.ks.teacher.score`, inference mode; top-k with `ks_teacher_topk`) and reused every time
@@ -61,7 +64,8 @@ from lmsleep.ks.divergence import generalized_distillation_loss
 from lmsleep.ks.imitation import (combined_ks_objective, completion_logprobs, group_normalised_advantages,
                                   imitation_reward, random_prefix_split, reinforce_loss)
 from lmsleep.ks.rollout import checkpointed_layers, completion_logits, sample_completions
-from lmsleep.ks.samples import Sample, build_samples, draw_batch, reading_twins
+from lmsleep.ks.samples import Sample, build_samples, draw_batch, drop_ungrounded, reading_twins
+from lmsleep.memory import training_text
 
 LEVEL = "night"  # the first (and here only) CMS level: the receiver of tonight's expert
 
@@ -151,7 +155,8 @@ def _prepare_samples(cms, tokenizer, memories, cfg, level: str, index: int, repl
                      teacher_cache: Path | None, teacher_id: str):  # noqa: PLR0913 - the night's inputs, passed through
     """Prompts (and, unless no off-policy turn will read them, teacher completions and log-probs) for the night.
 
-    Returns (samples, the teacher's cached memory prefixes, teacher samples scored here, cache: off | hit | miss).
+    Returns (samples, the teacher's cached memory prefixes, teacher samples scored here, cache: off | hit | miss,
+    the prompts dropped for an ungrounded y (seed.ks_grounded_only; none on a cache hit: the cache holds the kept)).
     The prefixes are kept for the loop only when it will score on-policy samples (ks_lambda > 0): they cost 46 KB
     per memory token on SmolLM2 (230 MB for 20 SQuAD passages), held all night. Otherwise each is made just before
     its memory's samples are scored and freed after them."""
@@ -159,12 +164,16 @@ def _prepare_samples(cms, tokenizer, memories, cfg, level: str, index: int, repl
     cached = teacher_side.load_cache(teacher_cache, key) if teacher_cache else None
     rng = random.Random(cfg.seed)
     scored = 0
+    dropped: list[dict] = []
     score_now = not cached and (cfg.ks_lambda < 1.0 or teacher_cache is not None)
     loop_scores = cfg.ks_lambda > 0  # only on-policy samples are scored inside the loop
     with cms.experts_off(level, [index]):
         samples = cached or build_samples(cms, tokenizer, memories, cfg, rng, replay, anchors)
         if score_now:  # y first, holding no memory's prefix: the teacher's writing is a night's peak of memory
             teacher_side.write_completions(cms, tokenizer, samples, cfg)
+            if cfg.ks_grounded_only:  # before scoring: a dropped sample costs no teacher pass
+                texts = {str(m["id"]): training_text(m) for m in memories}
+                samples, dropped = drop_ungrounded(samples, texts, tokenizer)
         prefixes = teacher_side.memory_prefixes(cms, samples) if loop_scores else {}
         if score_now:
             scoring = (cms, samples, tokenizer.pad_token_id, cfg.batch_size, cfg.ks_teacher_topk)
@@ -175,7 +184,8 @@ def _prepare_samples(cms, tokenizer, memories, cfg, level: str, index: int, repl
     twins = reading_twins(samples, getattr(cfg, "ks_reading_share", 0.0), random.Random(f"reading-{cfg.seed}"),
                           getattr(cfg, "ks_replay_reading_share", 0.0))
     samples = samples + twins
-    return samples, prefixes if loop_scores else {}, scored, ("hit" if cached else "miss" if teacher_cache else "off")
+    cache_status = "hit" if cached else "miss" if teacher_cache else "off"
+    return samples, prefixes if loop_scores else {}, scored, cache_status, dropped
 
 
 def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg,
@@ -252,8 +262,8 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
         raise ValueError("ks on several processes shares the teacher through its cache: pass teacher_cache")
     if rank > 0:  # the teacher's side is written once, by rank 0, and read back here from its cache
         torch.distributed.barrier()
-    pool, prefixes, teacher_samples, cache_status = _prepare_samples(student, tokenizer, memories, cfg, level, index,
-                                                                    replay, anchors, teacher_cache, teacher_id)
+    pool, prefixes, teacher_samples, cache_status, ungrounded = _prepare_samples(
+        student, tokenizer, memories, cfg, level, index, replay, anchors, teacher_cache, teacher_id)
     if world > 1 and rank == 0:
         torch.distributed.barrier()
     if rank > 0 and cache_status != "hit":
@@ -268,7 +278,7 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
                "reading_prompts": sum(s.source == "reading" for s in pool)}
     print(f"seed/ks: {len(memories)} memories, {len(pool)} prompts ({sources['replay_prompts']} replay, "
           f"{sources['replay_read_prompts']} of them reading their memory, {sources['anchor_prompts']} anchor, "
-          f"{sources['reading_prompts']} reading), {steps} "
+          f"{sources['reading_prompts']} reading; {len(ungrounded)} dropped as ungrounded), {steps} "
           f"steps, {receiver} ({sum(p.numel() for p in params):,} trainable), lambda {cfg.ks_lambda}, "
           f"alpha {cfg.ks_alpha}, {cfg.ks_divergence}, teacher top-k {cfg.ks_teacher_topk or 'full'}, "
           f"cache {cache_status}, device {device.type}" + (f", process {rank} of {world}" if world > 1 else ""))
@@ -315,6 +325,7 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
     for p in params:
         p.requires_grad_(False)
     stats = {"prompts": len(pool), **sources, "teacher_samples": teacher_samples, "teacher_cache": cache_status,
+             "ungrounded_dropped": ungrounded,
              "distill_losses": distill_losses,
              "lti_losses": rl_losses, "lti_rewards": rewards, "expert_index": index,
              "judge": None if judge is None else ("model" if judge.uses_model else "exact-match"),

@@ -16,6 +16,7 @@ layers, the largest part of a KS step's memory; `bench/seed_vs_trl.py` measures 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Collection, Hashable, Iterator
 from contextlib import contextmanager
 from typing import Sequence
@@ -86,14 +87,15 @@ def sample_completions(model, tokenizer, prompts: Sequence[Sequence[int]], tempe
 
 def text_stop_ids(tokenizer, chars: str) -> frozenset[int]:
     """Every token whose text holds one of `chars` (single characters such as "?" or a line break, which a byte-level
-    BPE never splits): after one, the text up to the first of them is complete. Computed once per tokenizer."""
-    cache = _TEXT_STOPS.setdefault(id(tokenizer), (tokenizer, {}))[1]  # the tokenizer is held: its id stays its own
+    BPE never splits): after one, the text up to the first of them is complete. Computed once per tokenizer (and
+    forgotten with it: the cache holds the tokenizer weakly)."""
+    cache = _TEXT_STOPS.setdefault(tokenizer, {})
     if chars not in cache:
         cache[chars] = frozenset(i for i in range(len(tokenizer)) if any(c in tokenizer.decode([i]) for c in chars))
     return cache[chars]
 
 
-_TEXT_STOPS: dict[int, tuple[object, dict[str, frozenset[int]]]] = {}
+_TEXT_STOPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {chars: stop ids}
 
 
 MIN_SHARED_PREFIX = 16  # tokens: below this a separate prefix pass costs more than it saves

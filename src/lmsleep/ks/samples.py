@@ -25,6 +25,10 @@ text tends to come back as the same question, see docs/results.md):
                 after the teacher has written y) the same prompt and y with the memory in context for the student
                 too: the expert must not change what the model answers while it reads a memory (the nights
                 benchmark's carried model lost its in-context reading without this)
+  grounding     (`ks_grounded_only`, after the teacher has written y) tonight's memory prompts whose y names a name or
+                number that neither the memory nor the prompt holds ("a person named Huggy", "123 Main Street") are
+                dropped before scoring (`ungrounded_names`): a 135M teacher invents with the memory in context, and
+                the student would learn the invention as a fact
   anchor        `ks_anchor_prompts` requests from `ks_anchor_file` (bundled: general requests; the nights benchmark's
                 world writes in-context reading anchors), teacher = the model as it is: the expert must leave that
                 behaviour alone (the first night has nothing to replay).
@@ -54,6 +58,13 @@ CLOZE = "Fill in the blank (___) with the missing words: "
 # a fact's surface: capitalised word runs ("Mira Kovalenko", "Orrinwick Lanternmakers' Guild") and numbers ("1873", "21:30")
 _FACT = re.compile(r"\b(?:[A-Z][\w'-]*(?:\s+(?:of\s+|the\s+)?[A-Z][\w'-]*)*|\d[\d:.,]*\d|\d)")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+_WORD = re.compile(r"\w+")
+_SENTENCE_START = re.compile(r"(?:^|[.!?:]\s+|\n\s*)[\"'(]?(\w+)")
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+          "seventeen eighteen nineteen").split()
+_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
+_NUMBER_WORDS = re.compile(r"\b(" + "|".join(_TENS) + r")(?:[- ](" + "|".join(_UNITS[1:10]) + r"))?\b|\b("
+                           + "|".join(_UNITS) + r")\b", re.IGNORECASE)
 
 
 @dataclass(eq=False)  # identity, not field equality (fields hold tensors)
@@ -142,6 +153,52 @@ def distinct_questions(tries: list[str], keep: int) -> list[str]:
 def cloze_spans(sentence: str) -> list[tuple[int, int]]:
     """Where a fact sits in a sentence: runs of capitalised words and numbers, not the sentence's first word."""
     return [(m.start(), m.end()) for m in _FACT.finditer(sentence) if m.start() > 0]
+
+
+def _known_words(texts: tuple[str, ...]) -> set[str]:
+    """Every word of the texts, lower-cased, plus the digits of their spelled numbers below 100 ("forty-two" -> 42)."""
+    known = {w.lower() for text in texts for w in _WORD.findall(text)}
+    for text in texts:
+        for m in _NUMBER_WORDS.finditer(text):
+            tens, unit, alone = (g.lower() if g else g for g in m.groups())
+            known.add(str(_UNITS.index(alone)) if alone else str(_TENS[tens] + (_UNITS.index(unit) if unit else 0)))
+    return known
+
+
+def ungrounded_names(completion: str, *sources: str) -> list[str]:
+    """The names and numbers of `completion` that none of `sources` (the memory, the prompt) holds: capitalised words
+    not at the start of a sentence or line, and words with a digit. A last word cut off by the token limit counts
+    when no known word starts with it ("Bisc" of "Biscuit" does not)."""
+    known = _known_words(sources)
+    starts = {m.start(1) for m in _SENTENCE_START.finditer(completion)}
+    words = list(_WORD.finditer(completion))
+    found: list[str] = []
+    for i, m in enumerate(words):
+        word = m.group()
+        named = (word[0].isupper() and m.start() not in starts) or any(c.isdigit() for c in word)
+        if not named or word.lower() in known or word in found:
+            continue
+        cut_off = i == len(words) - 1 and m.end() == len(completion.rstrip())
+        if cut_off and any(k.startswith(word.lower()) for k in known):
+            continue
+        found.append(word)
+    return found
+
+
+def drop_ungrounded(samples: list[Sample], memories: dict[str, str], tokenizer) -> tuple[list[Sample], list[dict]]:
+    """(kept, dropped): tonight's memory prompts whose teacher y names something the memory and the prompt do not
+    hold are dropped; every other sample (replay, anchors, prompts with no y yet) is kept as it is. Each dropped row
+    is the sample's audit plus the names it invented (for the night's stats)."""
+    kept, dropped = [], []
+    for s in samples:
+        if s.source == "memory" and s.completion and s.memory_id in memories:
+            y = tokenizer.decode(s.completion, skip_special_tokens=True)
+            invented = ungrounded_names(y, memories[s.memory_id], s.prompt_text)
+            if invented:
+                dropped.append({**s.audit(tokenizer), "ungrounded": invented})
+                continue
+        kept.append(s)
+    return kept, dropped
 
 
 def _plan(n: int, cfg) -> tuple[int, int, int]:

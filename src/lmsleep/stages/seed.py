@@ -216,7 +216,8 @@ def _consolidate_ks(ws, params, parent, memories, model, tokenizer) -> dict[str,
                "steps": len(losses), "processes": world,
                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
                "prompts": stats["prompts"], "teacher_samples": stats["teacher_samples"],
-               "teacher_cache": stats["teacher_cache"], "seconds": stats["seconds"]}
+               "teacher_cache": stats["teacher_cache"], "seconds": stats["seconds"],
+               "ungrounded_dropped": len(stats.get("ungrounded_dropped", []))}  # listed in train_log.json's "ks"
     if accelerator is not None and not accelerator.is_main_process:  # every rank holds the same expert
         return summary
     write_jsonl(out_dir / "train_texts.jsonl", stats.pop("train_texts"))
