@@ -177,10 +177,14 @@ def test_sequential_benchmark_fills_the_accuracy_matrix_and_replays(ws, tmp_path
     [acc_row] = paired["acc"]
     assert acc_row["per_seed"] == pytest.approx([a - b for a, b in zip(ks["per_seed"], sft["per_seed"])])
     assert acc_row["n_seeds"] == 2 and acc_row["method"] == "sleep_ks" and acc_row["reference"] == "sft_replay"
-    for group, [row] in paired["accuracy"].items():
-        ks, sft = (result["aggregate"][group][m]["accuracy"]["per_seed"] for m in ("sleep_ks", "sft_replay"))
-        assert row["per_seed"] == pytest.approx([a - b for a, b in zip(ks, sft)])
-    assert "| ACC (sequential) | sleep_ks − sft_replay |" in (tmp_path / "toy.md").read_text()
+    assert set(paired["f1"]) == set(paired["accuracy"]) == set(result["aggregate"])
+    for score in ("accuracy", "f1"):
+        for group, [row] in paired[score].items():
+            ks, sft = (result["aggregate"][group][m][score]["per_seed"] for m in ("sleep_ks", "sft_replay"))
+            assert row["per_seed"] == pytest.approx([a - b for a, b in zip(ks, sft)])
+    report = (tmp_path / "toy.md").read_text()
+    assert "| ACC (sequential) | sleep_ks − sft_replay |" in report
+    assert all(f"| {group} F1 | sleep_ks − sft_replay |" in report for group in paired["f1"])
     # a saved result gives the same table
     saved = json.loads((tmp_path / "toy.json").read_text())
     assert harness.paired(saved, saved["methods"]) == saved["paired"]

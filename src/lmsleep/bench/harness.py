@@ -341,8 +341,9 @@ def _result(bench: Benchmark, meta: dict[str, Any], tasks: list[Task], chosen: l
 
 
 def paired(result: dict[str, Any], methods: list[str]) -> dict[str, Any]:
-    """Seed-by-seed differences of the compared pairs (metrics.comparison_pairs): no-context accuracy per group, and
-    the final average accuracy (ACC) of a sequential run. Works on a saved <stem>.json too: paired(d, d["methods"])."""
+    """Seed-by-seed differences of the compared pairs (metrics.comparison_pairs): no-context accuracy and F1 per group
+    (F1 is the graded score where accuracy sits at 0: languages' F1 is chrF / 100), and the final average accuracy
+    (ACC) of a sequential run. Works on a saved <stem>.json too: paired(d, d["methods"])."""
     pairs = metrics.comparison_pairs(methods)
 
     def rows(stat_of) -> list[dict[str, Any]]:
@@ -351,7 +352,10 @@ def paired(result: dict[str, Any], methods: list[str]) -> dict[str, Any]:
 
     out: dict[str, Any] = {"pairs": [list(p) for p in pairs],
                            "accuracy": {group: rows(lambda m, g=per_method: g[m]["accuracy"])
-                                        for group, per_method in result["aggregate"].items()}}
+                                        for group, per_method in result["aggregate"].items()},
+                           "f1": {group: rows(lambda m, g=per_method: g[m]["f1"])
+                                  for group, per_method in result["aggregate"].items()
+                                  if all("f1" in g for g in per_method.values())}}
     if result.get("retention"):
         out["acc"] = rows(lambda m: result["retention"]["methods"][m]["acc"])
     return out

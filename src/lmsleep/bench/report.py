@@ -73,6 +73,7 @@ def paired_markdown(paired: dict[str, Any] | None) -> list[str]:
     lines = ["## Paired differences (same data and seeds; 95% t-interval of the per-seed differences)", "",
              "| on | method − reference | difference | per seed | beyond 0 |", "|---|---|---|---|---|"]
     tables = [(f"{group} accuracy", rows) for group, rows in paired["accuracy"].items()]
+    tables += [(f"{group} F1", rows) for group, rows in paired.get("f1", {}).items()]  # saved runs may have none
     tables += [("ACC (sequential)", paired["acc"])] if paired.get("acc") else []
     for on, rows in tables:
         for r in rows:
