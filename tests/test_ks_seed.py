@@ -691,12 +691,22 @@ def test_ks_passes_raise_the_step_count_with_the_nights_prompts(night):
     assert night_steps(SeedConfig(ks_steps=96, batch_size=4, ks_passes=4), 160) == 160
     assert night_steps(SeedConfig(ks_steps=96, batch_size=4, ks_passes=4), 50) == 96  # never fewer than ks_steps
     assert night_steps(SeedConfig(ks_steps=1, batch_size=4, ks_passes=1.5), 7) == 3  # ceil(10.5 / 4)
+    # ks_tonight_passes counts tonight's memory prompts only: replay and anchors do not buy a big night more steps
+    tonight = SeedConfig(ks_steps=96, batch_size=4, ks_tonight_passes=4)
+    assert night_steps(tonight, 300, 140) == 140 and night_steps(tonight, 300, 32) == 96
+    assert night_steps(SeedConfig(ks_steps=96, batch_size=4, ks_tonight_passes=4, ks_passes=2), 300, 140) == 150
     params, ws = night
     params.seed.ks_steps, params.seed.ks_passes, params.seed.batch_size = 1, 2, 2
     seed.run(params, ws)
     log = json.loads((ws.night_model("n1") / "train_log.json").read_text())
     prompts = len(read_jsonl(ws.night_model("n1") / "train_texts.jsonl"))  # lambda 0: one row per prompt
     assert len(log["losses"]) == math.ceil(2 * prompts / 2) > 1
+    params.seed.ks_passes, params.seed.ks_tonight_passes, params.seed.ks_anchor_prompts = 0, 3, 2
+    seed.run(params, ws)
+    log = json.loads((ws.night_model("n1") / "train_log.json").read_text())
+    texts = read_jsonl(ws.night_model("n1") / "train_texts.jsonl")
+    assert sum(t["source"] == "anchor" for t in texts) == 2
+    assert len(log["losses"]) == math.ceil(3 * sum(t["source"] == "memory" for t in texts) / 2) > 1
 
 
 def test_reading_twins_train_tonights_prompts_with_the_memory_on_both_sides(night):

@@ -94,6 +94,10 @@ class SeedConfig:
                                "ceil(ks_passes x prompts / batch_size)) steps, so a bigger night trains each fact as "
                                "often as a small one; 0 = exactly ks_steps. On squad20 (one seed), about 4 passes "
                                "instead of 2 took KS from 38% to 58% of the gap (docs/results.md)")
+    ks_tonight_passes: float = _f(0.0, "ks: the night runs at least ceil(ks_tonight_passes x tonight's memory "
+                                       "prompts / batch_size) steps (replay, anchors and twins not counted): a night "
+                                       "of many memories gets steps in proportion, a small night keeps ks_steps; "
+                                       "0 = off")
     ks_lr: float = _f(2e-3, "ks: AdamW learning rate of the new expert")
     ks_expert_rank: int = _f(16, "ks: rank of the new low-rank expert (its alpha is 2 x rank)")
     ks_prompts_per_memory: int = _f(8, "ks: prompts per memory, spread over its sentences: questions the model "

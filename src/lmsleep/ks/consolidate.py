@@ -99,11 +99,15 @@ def _lti_loss(cms, tokenizer, samples: list[Sample], cfg, rng: random.Random, ju
     return reinforce_loss(logps, advantages.to(logps.device)), float(rewards.mean())
 
 
-def night_steps(cfg, prompts: int) -> int:
-    """The night's optimizer steps: ks_steps, raised to ks_passes passes over its `prompts` when that is more."""
-    if cfg.ks_passes <= 0:
-        return cfg.ks_steps
-    return max(cfg.ks_steps, math.ceil(cfg.ks_passes * prompts / cfg.batch_size))
+def night_steps(cfg, prompts: int, tonight: int | None = None) -> int:
+    """The night's optimizer steps: ks_steps, raised to ks_passes passes over all its `prompts`, and to
+    ks_tonight_passes batches' worth of `tonight`'s own memory prompts (default: all prompts), when that is more."""
+    tonight = prompts if tonight is None else tonight
+    wanted = [cfg.ks_steps]
+    for passes, count in ((cfg.ks_passes, prompts), (getattr(cfg, "ks_tonight_passes", 0.0), tonight)):
+        if passes > 0:
+            wanted.append(math.ceil(passes * count / cfg.batch_size))
+    return max(wanted)
 
 
 def distillation_loss(cms, tokenizer, batch: list[Sample], cfg, level: str, index: int, rng: random.Random,
@@ -270,7 +274,7 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
         raise RuntimeError(f"ks rank {rank}: rank 0's teacher cache was not found in {teacher_cache}")
     if not pool:
         raise ValueError("ks: no training prompts could be built from tonight's memories")
-    steps = night_steps(cfg, len(pool))
+    steps = night_steps(cfg, len(pool), sum(s.source == "memory" for s in pool))
     # counted in the pool, not from the arguments: a count of what was asked for once hid anchors that never trained
     sources = {"replay_prompts": sum(s.source.startswith("replay") for s in pool),
                "replay_read_prompts": sum(s.rereads for s in pool),
