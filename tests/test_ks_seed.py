@@ -801,3 +801,17 @@ def test_grounded_only_drops_the_teachers_inventions_before_scoring(night):
         assert d["ungrounded"] == ungrounded_names(d["completion"], texts[d["memory_id"]], d["prompt"]) != []
     assert [s.prompt_text for s in kept if s.source == "anchor"] == ["Say hi."]
     assert all(s.scored for s in kept) and scored == scored_all - len(dropped)
+
+
+def test_a_ks_night_lists_what_it_dropped_as_ungrounded(night):
+    """The seed stage's log keeps every dropped row with its invented names; none of them reached training."""
+    params, ws = night
+    params.seed.ks_teacher_temperature = 1.0  # the tiny greedy teacher writes only line breaks: nothing to drop
+    params.seed.ks_prompts_per_memory = 6
+    summary = seed.run(params, ws)
+    log = json.loads((ws.night_model(params.night.id) / "train_log.json").read_text())
+    dropped = log["ks"]["ungrounded_dropped"]
+    assert params.seed.ks_grounded_only and dropped and summary["ungrounded_dropped"] == len(dropped)
+    texts = read_jsonl(ws.night_model(params.night.id) / "train_texts.jsonl")
+    trained = {(t["prompt"], t["completion"]) for t in texts}
+    assert all(d["ungrounded"] and (d["prompt"], d["completion"]) not in trained for d in dropped)
