@@ -361,3 +361,25 @@ def test_a_finished_run_removes_its_partial_file(ws, tmp_path):
           "--out", str(tmp_path), "--option", "sets=demo", "--methods", "base", *FAST])
     assert (tmp_path / "seed_quality.json").exists() and not (tmp_path / "seed_quality.partial.json").exists()
     assert json.loads((tmp_path / "seed_quality.json").read_text())["seeds"] == [0, 1]
+
+
+def test_a_run_of_uncommitted_source_says_so_in_its_commit(tmp_path, monkeypatch):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "m.py").write_text("x = 1\n")
+    (tmp_path / "notes.md").write_text("a\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "first")
+    monkeypatch.setattr(harness, "REPO", tmp_path)
+    head = harness._git_commit()
+    assert len(head) == 40
+    (tmp_path / "notes.md").write_text("b\n")  # results and docs written during a run do not count
+    assert harness._git_commit() == head
+    (tmp_path / "src" / "m.py").write_text("x = 2\n")
+    assert harness._git_commit() == f"{head}+dirty"

@@ -206,11 +206,16 @@ def run_chain(bench: Benchmark, method: Method, chain: list[Task], seed: int, pa
 
 
 def _git_commit() -> str | None:
+    """HEAD, with "+dirty" when the tracked source (src/, bench/) differs from it: a run of uncommitted code must not
+    read as the commit it started from."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               timeout=10).stdout.strip() or None
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src", "bench"], cwd=REPO,
+                                 capture_output=True, timeout=10).returncode == 1
     except (OSError, subprocess.SubprocessError):
         return None
+    return f"{head}+dirty" if head and changed else head
 
 
 def resolve_limit(bench: Benchmark, limit: int | None) -> int | None:
