@@ -74,7 +74,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     memories = load_memories(args.memories, args.passages)
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
-    samples, _, scored, _ = ks._prepare_samples(cms, tokenizer, memories, cfg, ks.LEVEL, index, None, None, None, "")
+    samples, _, scored, _, _ = ks._prepare_samples(cms, tokenizer, memories, cfg, ks.LEVEL, index, None, None, None, "")
     wall = time.perf_counter() - started
     return {"wall_s": round(wall, 2), "peak_rss_mb": peak_rss_mb(), "model_tokens": tokens[0],
             "samples": len(samples), "questions": sum(s.kind == "question" for s in samples), "scored": scored,
