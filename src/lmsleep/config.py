@@ -117,6 +117,11 @@ class SeedConfig:
                                       "the y written up front (none at ks_lambda 1 without a cache). 30 nights, 8 "
                                       "seeds: ACC 16.4% -> 21.7%, beyond the intervals; demo night unchanged "
                                       "(docs/results.md)")
+    ks_asked_sentence_only: bool = _f(False, "ks: also drop tonight's question and cloze prompts whose teacher "
+                                             "answer holds none of the words the asked sentence (a cloze: its "
+                                             "blank) adds to the prompt: answered from another part of the memory "
+                                             "('the archivist is' the treasurer; lmsleep.ks.samples."
+                                             "answers_elsewhere); checked with ks_grounded_only's rows")
     ks_lambda: float = _f(0.0, "ks: on-policy fraction: probability that y is sampled from the student, not the "
                                "teacher (0: the teacher's own y only; the best of the demo-night settings tried, "
                                "docs/results.md, and the teacher cache then replays the whole night)")

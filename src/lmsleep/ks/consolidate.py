@@ -18,7 +18,9 @@ re-read replays, come back once more with the memory in the student's context to
 "source": "reading"): the expert must leave reading in context as it was. With `ks_grounded_only`, a memory prompt
 whose teacher y names a name or number the memory and prompt do not hold is dropped before scoring
 (`lmsleep.ks.samples.drop_ungrounded`; listed in stats["ungrounded_dropped"]); only y written up front is checked
-(at ks_lambda 1 without a cache the teacher writes none: there is nothing to check).
+(at ks_lambda 1 without a cache the teacher writes none: there is nothing to check). With `ks_asked_sentence_only`,
+so is a question or cloze whose y holds none of the words its asked sentence (blank) adds to the prompt: answered
+from elsewhere in the memory (`answers_elsewhere`).
 
 Distillation (GKD, §4a). Every prompt gets one teacher completion y, sampled once; the teacher's log-probs over y
 are computed once (`lmsleep.ks.teacher.score`, inference mode; top-k with `ks_teacher_topk`) and reused every time
@@ -175,9 +177,10 @@ def _prepare_samples(cms, tokenizer, memories, cfg, level: str, index: int, repl
         samples = cached or build_samples(cms, tokenizer, memories, cfg, rng, replay, anchors)
         if score_now:  # y first, holding no memory's prefix: the teacher's writing is a night's peak of memory
             teacher_side.write_completions(cms, tokenizer, samples, cfg)
-            if cfg.ks_grounded_only:  # before scoring: a dropped sample costs no teacher pass
+            on_sentence = getattr(cfg, "ks_asked_sentence_only", False)
+            if cfg.ks_grounded_only or on_sentence:  # before scoring: a dropped sample costs no teacher pass
                 texts = {str(m["id"]): training_text(m) for m in memories}
-                samples, dropped = drop_ungrounded(samples, texts, tokenizer)
+                samples, dropped = drop_ungrounded(samples, texts, tokenizer, cfg.ks_grounded_only, on_sentence)
         prefixes = teacher_side.memory_prefixes(cms, samples) if loop_scores else {}
         if score_now:
             scoring = (cms, samples, tokenizer.pad_token_id, cfg.batch_size, cfg.ks_teacher_topk)

@@ -59,6 +59,10 @@ CLOZE = "Fill in the blank (___) with the missing words: "
 _FACT = re.compile(r"\b(?:[A-Z][\w'-]*(?:\s+(?:of\s+|the\s+)?[A-Z][\w'-]*)*|\d[\d:.,]*\d|\d)")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 _WORD = re.compile(r"\w+")
+# words too common to tell which sentence an answer came from
+_STOPWORDS = frozenset("the and for from with was were are has have had does did its his her their them they this "
+                       "that these those who whom whose what which where when why how there here not yes into onto "
+                       "out about than then also very".split())
 _SENTENCE_START = re.compile(r"(?:^|[.!?:]\s+|\n\s*)[\"'(]?(\w+)")
 _UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
           "seventeen eighteen nineteen").split()
@@ -80,6 +84,7 @@ class Sample:
     teacher_logprobs: torch.Tensor | None = None
     teacher_ids: torch.Tensor | None = None
     source: str = "memory"  # "memory" (tonight), "replay:<night>" (an earlier night's prompt), "reading", "anchor"
+    asked: str = ""  # what of the memory the prompt asks for: a question's sentence, a cloze's blanked words ("" else)
 
     @property
     def scored(self) -> bool:
@@ -185,17 +190,38 @@ def ungrounded_names(completion: str, *sources: str) -> list[str]:
     return found
 
 
-def drop_ungrounded(samples: list[Sample], memories: dict[str, str], tokenizer) -> tuple[list[Sample], list[dict]]:
+def _content_words(text: str) -> set[str]:
+    """Lower-cased words of three letters or more and numbers (spelled ones as digits), a plural 's' cut, no
+    stopwords."""
+    return {w.removesuffix("s") if len(w) > 3 else w for w in _known_words((text,))
+            if (len(w) >= 3 or w.isdigit()) and w not in _STOPWORDS}
+
+
+def answers_elsewhere(completion: str, asked: str, prompt: str) -> bool:
+    """True when y holds none of the words `asked` (a question's sentence, a cloze's blank) adds to the prompt: the
+    teacher answered from another part of the memory ("Who is the archivist?" asked of the archivist's sentence,
+    answered with the treasurer's name from the next one). False when there is nothing to tell by: no `asked`, or
+    every word of it is in the prompt already."""
+    expected = _content_words(asked) - _content_words(prompt)
+    return bool(expected) and not expected & _content_words(completion)
+
+
+def drop_ungrounded(samples: list[Sample], memories: dict[str, str], tokenizer, names: bool = True,
+                    off_sentence: bool = False) -> tuple[list[Sample], list[dict]]:
     """(kept, dropped): tonight's memory prompts whose teacher y names something the memory and the prompt do not
-    hold are dropped; every other sample (replay, anchors, prompts with no y yet) is kept as it is. Each dropped row
-    is the sample's audit plus the names it invented (for the night's stats)."""
+    hold (`names`), or, with `off_sentence`, answers from another part of the memory than the one asked
+    (`answers_elsewhere`), are dropped; every other sample (replay, anchors, prompts with no y yet) is kept as it is.
+    Each dropped row is the sample's audit plus why: the names it invented ("ungrounded", maybe []) and, when
+    checked, "off_sentence" with what was asked."""
     kept, dropped = [], []
     for s in samples:
         if s.source == "memory" and s.completion and s.memory_id in memories:
             y = tokenizer.decode(s.completion, skip_special_tokens=True)
-            invented = ungrounded_names(y, memories[s.memory_id], s.prompt_text)
-            if invented:
-                dropped.append({**s.audit(tokenizer), "ungrounded": invented})
+            invented = ungrounded_names(y, memories[s.memory_id], s.prompt_text) if names else []
+            elsewhere = off_sentence and answers_elsewhere(y, s.asked, s.prompt_text)
+            if invented or elsewhere:
+                why = {"ungrounded": invented} | ({"off_sentence": s.asked} if elsewhere else {})
+                dropped.append({**s.audit(tokenizer), **why})
                 continue
         kept.append(s)
     return kept, dropped
@@ -215,9 +241,9 @@ def build_samples(model, tokenizer, memories: list[dict[str, Any]], cfg, rng: ra
     `model` is the TEACHER (the caller masks the new expert off): it writes the questions."""
     samples, asks = [], []
 
-    def add(mid: str, kind: str, instruction: str, text: str) -> None:
+    def add(mid: str, kind: str, instruction: str, text: str, asked: str = "") -> None:
         samples.append(Sample(mid, kind, encode(tokenizer, messages(instruction, None)),
-                              encode(tokenizer, messages(instruction, text)), instruction, []))
+                              encode(tokenizer, messages(instruction, text)), instruction, [], asked=asked))
 
     for m in memories:
         mid, text = str(m["id"]), training_text(m)
@@ -228,16 +254,17 @@ def build_samples(model, tokenizer, memories: list[dict[str, Any]], cfg, rng: ra
         blanks = [(sentence, span) for sentence in spread for span in cloze_spans(sentence)]
         rng.shuffle(blanks)
         for sentence, (start, end) in blanks[:n_clozes]:
-            add(mid, "cloze", CLOZE + sentence[:start] + "___" + sentence[end:], text)
+            add(mid, "cloze", CLOZE + sentence[:start] + "___" + sentence[end:], text, sentence[start:end])
         for j in range(n_completions):
             words = spread[(offset + n_questions + j) % len(spread)].split()
             k = rng.randint(min(3, len(words)), max(3, len(words) // 2))
             add(mid, "continuation", CONTINUATION + " ".join(words[:k]), text)
     keep = max(1, min(QUESTION_TRIES, getattr(cfg, "ks_phrasings_per_question", 1)))
-    for (mid, text, _), questions in zip(asks, write_questions(model, tokenizer, asks, cfg.ks_temperature, keep)):
+    for (mid, text, sentence), questions in zip(asks, write_questions(model, tokenizer, asks, cfg.ks_temperature,
+                                                                      keep)):
         for q in questions:
             samples.append(Sample(mid, "question", encode(tokenizer, question_messages(q)),
-                                  encode(tokenizer, question_messages(q, text)), q, []))
+                                  encode(tokenizer, question_messages(q, text)), q, [], asked=sentence))
     return samples + replay_samples(tokenizer, replay or []) + anchor_samples(tokenizer, anchors or [])
 
 

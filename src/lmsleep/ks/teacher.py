@@ -40,7 +40,8 @@ from lmsleep.memory import atomic_write_bytes, training_text
 CACHE_FORMAT = 1
 # the SeedConfig fields that decide the prompts, the teacher completions and the cached log-probs
 CACHE_FIELDS = ("seed", "ks_prompts_per_memory", "ks_question_share", "ks_cloze_share", "ks_phrasings_per_question",
-                "ks_temperature", "ks_teacher_temperature", "ks_max_new_tokens", "ks_teacher_topk", "ks_grounded_only")
+                "ks_temperature", "ks_teacher_temperature", "ks_max_new_tokens", "ks_teacher_topk", "ks_grounded_only",
+                "ks_asked_sentence_only")
 
 
 def write_completions(teacher, tokenizer, samples: list[Sample], cfg) -> None:
@@ -136,7 +137,7 @@ def cache_key(teacher_id: str, memories: list[dict[str, Any]], replay: list[dict
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-_FIELDS = ("memory_id", "kind", "student_prompt", "teacher_prompt", "prompt_text", "completion", "source")
+_FIELDS = ("memory_id", "kind", "student_prompt", "teacher_prompt", "prompt_text", "completion", "source", "asked")
 
 
 def cache_file(folder: Path, key: str) -> Path:
