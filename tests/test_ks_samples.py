@@ -3,8 +3,8 @@
 import random
 from types import SimpleNamespace
 
-from lmsleep.ks.samples import (Sample, build_samples, clean_question, cloze_spans, drop_ungrounded, sentences,
-                                ungrounded_names)
+from lmsleep.ks.samples import (Sample, answers_elsewhere, build_samples, clean_question, cloze_spans,
+                                drop_ungrounded, sentences, ungrounded_names)
 
 
 def test_sentences_split_at_sentence_ends_and_drop_fragments():
@@ -134,6 +134,11 @@ def test_build_samples_mixes_questions_clozes_and_completions(monkeypatch):
             blanked = s.prompt_text[len(samples.CLOZE):]
             before, after = blanked.split("___")
             assert before in text and after in text and before + after not in text
+            assert before + s.asked + after in text  # what is asked: the blanked words
+        elif s.kind == "question":
+            assert s.asked in sentences(text)  # the sentence it was written about
+        else:
+            assert s.asked == ""
 
 
 def test_anchor_prompts_are_general_requests_with_the_model_as_its_own_teacher(tmp_path):
@@ -231,3 +236,38 @@ def test_drop_ungrounded_drops_only_tonights_inventions_and_says_why():
     kept, dropped = drop_ungrounded([made_up, true, replay, anchor, unwritten], memory, tok)
     assert kept == [true, replay, anchor, unwritten]
     assert [(d["prompt"], d["ungrounded"]) for d in dropped] == [(made_up.prompt_text, ["Norwegian", "Olaf"])]
+
+
+def test_answers_elsewhere_when_y_holds_nothing_the_asked_sentence_adds_to_the_question():
+    asked = "Last Gondshis plays the horn."
+    question = "What instrument is played by Last Gondshis?"
+    assert answers_elsewhere("Vesttond.", asked, question)  # the town, from the memory's other sentence
+    assert answers_elsewhere("He lives in Vesttond.", asked, question)
+    assert not answers_elsewhere("He plays the horn.", asked, question)
+    assert not answers_elsewhere("Horns.", asked, question)  # a plural 's' and case do not matter
+    assert not answers_elsewhere("42", "The guild currently has forty-two members.", "How many members are there?")
+    assert answers_elsewhere("Halvard Brecken", "The archivist is Mara Quell.", "Who is the archivist?")
+    assert not answers_elsewhere("Mara Quell.", "The archivist is Mara Quell.", "Who is the archivist?")
+    # nothing to tell by: the question holds every word of the sentence, or nothing was asked (a continuation)
+    assert not answers_elsewhere("No.", asked, "Does Last Gondshis play the horn?")
+    assert not answers_elsewhere("Vesttond.", "", "Complete this sentence from the text: Last Gondshis")
+
+
+def test_drop_ungrounded_drops_answers_from_elsewhere_only_when_asked_to():
+    tok = SimpleNamespace(decode=lambda ids, skip_special_tokens=True: ids[0])
+    memory = {"m1": "Mira Kovalenko captains the Grey Heron. Tomas Reyes cooks on the Grey Heron."}
+    asked = "Mira Kovalenko captains the Grey Heron."
+    elsewhere = Sample("m1", "question", [1], [2], "Who captains the Grey Heron?", ["Tomas Reyes."], asked=asked)
+    right = Sample("m1", "question", [1], [2], "Who captains the Grey Heron?", ["Mira Kovalenko."], asked=asked)
+    invented = Sample("m1", "question", [1], [2], "Who captains the Grey Heron?", ["Mira Olafsdottir."],
+                      asked=asked)
+    continuation = Sample("m1", "continuation", [1], [2], "Complete: Tomas", ["Reyes cooks."])
+    replay = Sample("m0", "question", [1], [1], "Who?", ["Tomas Reyes."], source="replay:n0", asked="Ann rows.")
+    batch = [elsewhere, right, invented, continuation, replay]
+    assert drop_ungrounded(batch, memory, tok)[0] == [elsewhere, right, continuation, replay]  # names only
+    kept, dropped = drop_ungrounded(batch, memory, tok, off_sentence=True)
+    assert kept == [right, continuation, replay]
+    assert [(d["completion"], d["ungrounded"], d.get("off_sentence")) for d in dropped] == [
+        ("Tomas Reyes.", [], asked), ("Mira Olafsdottir.", ["Olafsdottir"], None)]
+    kept, dropped = drop_ungrounded(batch, memory, tok, names=False, off_sentence=True)
+    assert kept == [right, invented, continuation, replay] and [d["completion"] for d in dropped] == ["Tomas Reyes."]

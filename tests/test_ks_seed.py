@@ -803,6 +803,35 @@ def test_grounded_only_drops_the_teachers_inventions_before_scoring(night):
     assert all(s.scored for s in kept) and scored == scored_all - len(dropped)
 
 
+def test_asked_sentence_only_drops_answers_from_elsewhere_in_the_memory_before_scoring(night):
+    """seed.ks_asked_sentence_only (names unchecked): tonight's questions and clozes whose y holds nothing of their
+    asked sentence are dropped and say what was asked; continuations, replay and anchors are never dropped."""
+    from lmsleep.ks.samples import answers_elsewhere
+
+    params, ws = night
+    model, tokenizer = load_base(ws.base_model("tiny"))
+    memories = read_jsonl(ws.night_data(params.night.id) / "accepted.jsonl")
+    cms = ks.wrap_model(model, ks.CMSConfig(levels=[ks.LevelSpec(name=ks.LEVEL, pool_size=1, rank=4, alpha=8.0)]))
+    index = cms.activate_expert(ks.LEVEL, torch.Generator().manual_seed(0))
+
+    def prepare(asked_only):
+        torch.manual_seed(0)
+        cfg = ks_params(params, ks_grounded_only=False, ks_asked_sentence_only=asked_only, ks_prompts_per_memory=6,
+                        ks_cloze_share=0.25, ks_anchor_prompts=2, ks_teacher_temperature=1.0).seed
+        return ks._prepare_samples(cms, tokenizer, memories, cfg, ks.LEVEL, index, None, ["Say hi."], None, "")
+
+    everything, _, scored_all, _, none = prepare(False)
+    kept, _, scored, _, dropped = prepare(True)
+    assert none == [] and dropped and all(d["ungrounded"] == [] and d["off_sentence"] for d in dropped)
+    assert {d["kind"] for d in dropped} <= {"question", "cloze"}
+    decode = lambda s: tokenizer.decode(s.completion, skip_special_tokens=True)  # noqa: E731
+    for s in kept:
+        assert s.source != "memory" or not answers_elsewhere(decode(s), s.asked, s.prompt_text)
+    assert sorted((s.prompt_text, decode(s)) for s in everything) == sorted(
+        [(s.prompt_text, decode(s)) for s in kept] + [(d["prompt"], d["completion"]) for d in dropped])
+    assert all(s.scored for s in kept) and scored == scored_all - len(dropped)
+
+
 def test_a_ks_night_lists_what_it_dropped_as_ungrounded(night):
     """The seed stage's log keeps every dropped row with its invented names; none of them reached training."""
     params, ws = night
