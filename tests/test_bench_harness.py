@@ -99,6 +99,8 @@ def test_quality_limited_run(ws, monkeypatch):
     assert [t["memories"] for t in result["tasks"]] == [2, 2]
     steps = {(s["method"], s["task"]): s for s in result["steps"]}
     assert steps[("sft", "demo")]["steps"] == 1 and steps[("sleep_ks", "demo")]["steps"] == 2
+    dropped = steps[("sleep_ks", "demo")]["dropped"]  # counted by reason; answers from elsewhere are kept by default
+    assert set(dropped) == {"invented", "off_sentence"} and dropped["invented"] >= 0 and dropped["off_sentence"] == 0
     for name in ("demo", "squad20"):
         s = result["headline"]["sets"][name]
         for role in ("before", "sft", "ks", "ceiling"):

@@ -224,6 +224,9 @@ def _ks_stats(stats: dict[str, Any], cfg: SeedConfig, receiver: str) -> dict[str
     """What a KS method's step record keeps: counts, and the objective it ran with (so ablations can be checked)."""
     counts = ("prompts", "replay_prompts", "replay_read_prompts", "teacher_samples", "judge")
     keep = {k: stats[k] for k in counts if k in stats}
+    dropped = stats.get("ungrounded_dropped", [])  # seed.ks_grounded_only / ks_asked_sentence_only, by reason
+    keep["dropped"] = {"invented": sum(bool(d["ungrounded"]) for d in dropped),
+                       "off_sentence": sum("off_sentence" in d for d in dropped)}
     return keep | {"receiver": receiver, "ks_lambda": cfg.ks_lambda, "ks_divergence": cfg.ks_divergence,
                    "ks_alpha": cfg.ks_alpha, "ks_gamma": cfg.ks_gamma, "lti_steps": len(stats.get("lti_rewards", []))}
 
