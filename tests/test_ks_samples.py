@@ -248,6 +248,15 @@ def test_answers_elsewhere_when_y_holds_nothing_the_asked_sentence_adds_to_the_q
     assert not answers_elsewhere("42", "The guild currently has forty-two members.", "How many members are there?")
     assert answers_elsewhere("Halvard Brecken", "The archivist is Mara Quell.", "Who is the archivist?")
     assert not answers_elsewhere("Mara Quell.", "The archivist is Mara Quell.", "Who is the archivist?")
+    # a question that drifted to another sentence of the memory is judged by the sentence it matches better
+    memory = ("The Grey Heron sails each morning from Esselmoor to Thallis Island. The Grey Heron is captained by Mira "
+              "Kovalenko. Halvard Brecken keeps the accounts.")
+    sails = "The Grey Heron sails each morning from Esselmoor to Thallis Island."
+    assert not answers_elsewhere("Mira Kovalenko.", sails, "Who is the captain of the Grey Heron?", memory)
+    assert answers_elsewhere("Mira Kovalenko.", sails, "Who is the captain of the Grey Heron?")  # no memory given
+    assert answers_elsewhere("Halvard Brecken.", sails, "Who is the captain of the Grey Heron?", memory)
+    assert not answers_elsewhere("Thallis Island.", sails, "Where does the Grey Heron sail?", memory)
+    assert answers_elsewhere("Mira Kovalenko.", sails, "Where does the Grey Heron sail?", memory)  # matches no better
     # nothing to tell by: the question holds every word of the sentence, or nothing was asked (a continuation)
     assert not answers_elsewhere("No.", asked, "Does Last Gondshis play the horn?")
     assert not answers_elsewhere("Vesttond.", "", "Complete this sentence from the text: Last Gondshis")

@@ -119,9 +119,10 @@ class SeedConfig:
                                       "(docs/results.md)")
     ks_asked_sentence_only: bool = _f(False, "ks: also drop tonight's question and cloze prompts whose teacher "
                                              "answer holds none of the words the asked sentence (a cloze: its "
-                                             "blank) adds to the prompt: answered from another part of the memory "
-                                             "('the archivist is' the treasurer; lmsleep.ks.samples."
-                                             "answers_elsewhere); checked with ks_grounded_only's rows")
+                                             "blank; a question: or a sentence it matches better) adds to the "
+                                             "prompt: answered from another part of the memory ('the archivist "
+                                             "is' the treasurer; lmsleep.ks.samples.answers_elsewhere); listed "
+                                             "with ks_grounded_only's rows")
     ks_lambda: float = _f(0.0, "ks: on-policy fraction: probability that y is sampled from the student, not the "
                                "teacher (0: the teacher's own y only; the best of the demo-night settings tried, "
                                "docs/results.md, and the teacher cache then replays the whole night)")

@@ -190,20 +190,34 @@ def ungrounded_names(completion: str, *sources: str) -> list[str]:
     return found
 
 
+def _stem(word: str) -> str:
+    """A crude stem, enough to match a question's words with the memory's ("captained", "captains" -> "captain")."""
+    for suffix in ("ing", "ed", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 4:
+            return word[: -len(suffix)]
+    return word
+
+
 def _content_words(text: str) -> set[str]:
-    """Lower-cased words of three letters or more and numbers (spelled ones as digits), a plural 's' cut, no
-    stopwords."""
-    return {w.removesuffix("s") if len(w) > 3 else w for w in _known_words((text,))
-            if (len(w) >= 3 or w.isdigit()) and w not in _STOPWORDS}
+    """Stems of the lower-cased words of three letters or more, and numbers (spelled ones as digits); no stopwords."""
+    return {_stem(w) for w in _known_words((text,)) if (len(w) >= 3 or w.isdigit()) and w not in _STOPWORDS}
 
 
-def answers_elsewhere(completion: str, asked: str, prompt: str) -> bool:
-    """True when y holds none of the words `asked` (a question's sentence, a cloze's blank) adds to the prompt: the
-    teacher answered from another part of the memory ("Who is the archivist?" asked of the archivist's sentence,
-    answered with the treasurer's name from the next one). False when there is nothing to tell by: no `asked`, or
-    every word of it is in the prompt already."""
-    expected = _content_words(asked) - _content_words(prompt)
-    return bool(expected) and not expected & _content_words(completion)
+def answers_elsewhere(completion: str, asked: str, prompt: str, memory: str = "") -> bool:
+    """True when y answers from another part of the memory than the one asked: it holds none of the words that
+    `asked` (a question's sentence, a cloze's blank) adds to the prompt, nor those of any sentence of `memory` that
+    the prompt matches better than `asked` (a question the writer let drift to another sentence is judged by that
+    one). "Who is the archivist?", written about the archivist's sentence and answered with the treasurer's name from
+    the next one, is caught. False when there is nothing to tell by: no `asked`, or a sentence whose every word is in
+    the prompt already."""
+    if not asked:
+        return False
+    prompt_words = _content_words(prompt)
+    matched = len(_content_words(asked) & prompt_words)
+    sources = [asked] + [t for t in sentences(memory) if len(_content_words(t) & prompt_words) > matched]
+    expected = [_content_words(t) - prompt_words for t in sources]
+    said = _content_words(completion)
+    return all(expected) and not any(words & said for words in expected)
 
 
 def drop_ungrounded(samples: list[Sample], memories: dict[str, str], tokenizer, names: bool = True,
@@ -218,7 +232,8 @@ def drop_ungrounded(samples: list[Sample], memories: dict[str, str], tokenizer, 
         if s.source == "memory" and s.completion and s.memory_id in memories:
             y = tokenizer.decode(s.completion, skip_special_tokens=True)
             invented = ungrounded_names(y, memories[s.memory_id], s.prompt_text) if names else []
-            elsewhere = off_sentence and answers_elsewhere(y, s.asked, s.prompt_text)
+            elsewhere = off_sentence and answers_elsewhere(  # a cloze is judged by its blank alone
+                y, s.asked, s.prompt_text, memories[s.memory_id] if s.kind == "question" else "")
             if invented or elsewhere:
                 why = {"ungrounded": invented} | ({"off_sentence": s.asked} if elsewhere else {})
                 dropped.append({**s.audit(tokenizer), **why})
