@@ -19,8 +19,8 @@ re-read replays, come back once more with the memory in the student's context to
 whose teacher y names a name or number the memory and prompt do not hold is dropped before scoring
 (`lmsleep.ks.samples.drop_ungrounded`; listed in stats["ungrounded_dropped"]); only y written up front is checked
 (at ks_lambda 1 without a cache the teacher writes none: there is nothing to check). With `ks_asked_sentence_only`,
-so is a question or cloze whose y holds none of the words its asked sentence (blank) adds to the prompt: answered
-from elsewhere in the memory (`answers_elsewhere`).
+so is a question or cloze whose y holds none of the words its asked sentence (a cloze's blank; for a question, or a
+sentence it matches better) adds to the prompt: answered from elsewhere in the memory (`answers_elsewhere`).
 
 Distillation (GKD, §4a). Every prompt gets one teacher completion y, sampled once; the teacher's log-probs over y
 are computed once (`lmsleep.ks.teacher.score`, inference mode; top-k with `ks_teacher_topk`) and reused every time
