@@ -805,7 +805,8 @@ def test_grounded_only_drops_the_teachers_inventions_before_scoring(night):
 
 def test_asked_sentence_only_drops_answers_from_elsewhere_in_the_memory_before_scoring(night):
     """seed.ks_asked_sentence_only (names unchecked): tonight's questions and clozes whose y holds nothing of their
-    asked sentence are dropped and say what was asked; continuations, replay and anchors are never dropped."""
+    asked sentence (nor, for a question, of a sentence it matches better) are dropped and say what was asked;
+    continuations, replay and anchors are never dropped."""
     from lmsleep.ks.samples import answers_elsewhere
 
     params, ws = night
@@ -825,8 +826,10 @@ def test_asked_sentence_only_drops_answers_from_elsewhere_in_the_memory_before_s
     assert none == [] and dropped and all(d["ungrounded"] == [] and d["off_sentence"] for d in dropped)
     assert {d["kind"] for d in dropped} <= {"question", "cloze"}
     decode = lambda s: tokenizer.decode(s.completion, skip_special_tokens=True)  # noqa: E731
-    for s in kept:
-        assert s.source != "memory" or not answers_elsewhere(decode(s), s.asked, s.prompt_text)
+    texts = {m["id"]: m["text"] for m in memories}
+    for s in kept:  # judged as the night judges them: a question against its whole memory, a cloze by its blank
+        memory = texts[s.memory_id] if s.kind == "question" else ""
+        assert s.source != "memory" or not answers_elsewhere(decode(s), s.asked, s.prompt_text, memory)
     assert sorted((s.prompt_text, decode(s)) for s in everything) == sorted(
         [(s.prompt_text, decode(s)) for s in kept] + [(d["prompt"], d["completion"]) for d in dropped])
     assert all(s.scored for s in kept) and scored == scored_all - len(dropped)
