@@ -186,6 +186,35 @@ def test_random_expert_is_temporary(ids):
     assert torch.equal(logits(cms, ids), before)
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # the GPU case runs where there is one
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_seeded_cpu_generator_draws_the_same_expert_on_every_device(device, ids):
+    """KS and dreaming seed experts with a CPU generator; a model on a GPU must take it (torch refuses a CPU
+    generator for a CUDA tensor: the first KS night on a GPU crashed there) and get the CPU's numbers."""
+    def slot(cms, level: str, index: int) -> dict[str, torch.Tensor]:
+        return {f"{key}.{part}": getattr(pool, part)[index].detach().cpu().clone()
+                for key, pool in cms.level(level).pools.items() for part in ("A", "B")}
+
+    def drawn(on: str):
+        cms = wrap_model(tiny_model("llama"), two_levels()).to(on)
+        index = cms.activate_expert("slow", torch.Generator().manual_seed(7))
+        with cms.random_expert("fast", std=0.5, generator=torch.Generator().manual_seed(8)) as novel:
+            fast = slot(cms, "fast", novel)
+        return slot(cms, "slow", index), fast
+
+    slow_here, fast_here = drawn(device)
+    slow_cpu, fast_cpu = drawn("cpu")
+    assert slow_here.keys() == slow_cpu.keys() and fast_here.keys() == fast_cpu.keys()
+    for mine, reference in ((slow_here, slow_cpu), (fast_here, fast_cpu)):
+        for key in mine:
+            assert torch.equal(mine[key], reference[key]), key
+    assert any(k.endswith(".A") and v.abs().sum() > 0 for k, v in slow_here.items())  # drawn, not left at zero
+    assert all(v.abs().sum() == 0 for k, v in slow_here.items() if k.endswith(".B"))  # function preservation
+    assert any(k.endswith(".B") and v.abs().sum() > 0 for k, v in fast_here.items())  # novelty: B drawn too
+
+
 def test_generate_goes_through_the_experts(ids):
     cms = wrap_model(tiny_model("llama"), two_levels("topk"))
     plain = cms.generate(input_ids=ids[:1], max_new_tokens=4, do_sample=False)

@@ -39,6 +39,17 @@ def projection_shape(module: nn.Module) -> tuple[int, int, bool]:
     raise TypeError(f"CMS experts attach to nn.Linear or transformers Conv1D projections, not {type(module).__name__}")
 
 
+def fill_with(tensor: torch.Tensor, generator: torch.Generator | None, fill) -> None:
+    """fill(t, generator) in place on `tensor`, drawn on the generator's device: a seeded CPU generator then gives
+    the same numbers whether the model sits on the CPU or a GPU (and torch refuses a CPU generator for a CUDA
+    tensor, which crashed the first KS night on a GPU)."""
+    if generator is None or generator.device == tensor.device:
+        fill(tensor, generator)
+        return
+    drawn = torch.empty(tensor.shape, dtype=tensor.dtype, device=generator.device)
+    fill(drawn, generator)
+    tensor.copy_(drawn)
+
 class ExpertPool(nn.Module):
     """`pool_size` low-rank deltas for one projection: delta_i(x) = (x A_i^T) B_i^T. Slots start zero and frozen."""
 
@@ -129,7 +140,7 @@ class CMSLevel(nn.Module):
     @torch.no_grad()
     def init_slot(self, index: int, generator: torch.Generator | None = None) -> None:
         for pool in self.pools.values():
-            nn.init.kaiming_uniform_(pool.A[index], a=math.sqrt(5), generator=generator)  # as nn.Linear and peft
+            fill_with(pool.A[index], generator, lambda t, g: nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=g))
             pool.B[index].zero_()  # B = 0: the new expert adds exactly nothing (function preservation)
         for router in self.routers.values():
             router.gate_w[index].zero_()
@@ -305,7 +316,7 @@ class CMSModel(nn.Module):
         index = self.activate_expert(level, generator)
         with torch.no_grad():
             for pool in self.level(level).pools.values():
-                pool.B[index].normal_(0.0, std, generator=generator)
+                fill_with(pool.B[index], generator, lambda t, g: t.normal_(0.0, std, generator=g))
         try:
             yield index
         finally:
