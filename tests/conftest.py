@@ -35,6 +35,8 @@ from lmsleep.env import OFFLINE_ENV  # noqa: E402 - the one list of offline sett
 for _key, _value in OFFLINE_ENV.items():
     os.environ.setdefault(_key, _value)
 os.environ["WANDB_MODE"] = "disabled"  # a test never writes W&B runs, whatever the caller's shell says
+os.environ["LMSLEEP_BENCH_WORKERS"] = "1"  # bench runs in the test process (monkeypatched run_chain); tests that
+# want worker processes ask with --workers (tests/test_bench_workers.py)
 if "PREFECT_HOME" not in os.environ:  # keep ~/.prefect clean
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="lmsleep-prefect-home-")
     atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)

@@ -168,7 +168,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     bench = get_benchmark(args.name, **options)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     run(bench, params, ws, seeds=args.seeds, limit=args.limit, methods=methods, out_dir=args.out,
-        command=" ".join(["lmsleep", *args.argv]), resume=args.resume)
+        command=" ".join(["lmsleep", *args.argv]), resume=args.resume, workers=args.workers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a params value, e.g. --set seed.ks_steps=60 (repeatable)")
     p.add_argument("--resume", action="store_true",
                    help="go on from the seeds a stopped run with the same settings finished in --out")
+    p.add_argument("--workers", default=None,
+                   help="processes running chains side by side: N or auto (default: $LMSLEEP_BENCH_WORKERS, else "
+                        "auto = min(cores, 4) on a CPU, 1 on a GPU; lmsleep.bench.workers)")
     p.set_defaults(func=cmd_bench, night=None, inbox=None)
     for name, func, help_text in (("status", cmd_status, "nights, champion and pending inbox"),
                                   ("rollback", cmd_rollback, "restore the previous champion"),

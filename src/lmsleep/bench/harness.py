@@ -41,7 +41,8 @@ from typing import Any
 import torch
 
 from lmsleep.bench import metrics
-from lmsleep.bench.methods import History, Method, resolve_methods
+from lmsleep.bench import workers as workers_mod
+from lmsleep.bench.methods import METHODS, History, Method, resolve_methods
 from lmsleep.config import Params, Workspace
 from lmsleep.generation import generate_answers, perplexity
 from lmsleep.grading import grade, mean_ci95
@@ -229,17 +230,21 @@ def resolve_limit(bench: Benchmark, limit: int | None) -> int | None:
 
 def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int | None = None,
         methods: list[str] | None = None, out_dir: str | Path = "bench/results",
-        command: str | None = None, resume: bool = False) -> dict[str, Any]:
+        command: str | None = None, resume: bool = False, workers: str | int | None = 1) -> dict[str, Any]:
     """Run every seed x method x chain, write the outputs, return the result dict (what <stem>.json holds).
-    `resume`: go on from the seeds a stopped run of the same settings finished (lmsleep.bench.partial)."""
+    `resume`: go on from the seeds a stopped run of the same settings finished (lmsleep.bench.partial).
+    `workers`: processes running chains side by side (lmsleep.bench.workers; None/"auto" = by the cores)."""
     from lmsleep.bench import partial, report
     from lmsleep.tracking import stage_run
 
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     limit = resolve_limit(bench, limit)
-    if resume and type(bench).run_benchmark is not Benchmark.run_benchmark:
+    own_protocol = type(bench).run_benchmark is not Benchmark.run_benchmark
+    if resume and own_protocol:
         raise ValueError(f"--resume: benchmark {bench.name} runs its own protocol, which cannot resume; rerun it")
+    if own_protocol and workers is not None and str(workers).strip().lower() not in ("auto", "0", "1"):
+        raise ValueError(f"--workers: benchmark {bench.name} runs its own protocol in one process")
     custom = bench.run_benchmark(params, ws, seeds, limit, methods, out_dir, command)
     if custom is not None:
         return custom
@@ -287,24 +292,54 @@ def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int 
         print(f"bench {bench.name}: resuming after seeds 0..{first - 1} and {finished or 'no methods'} of seed "
               f"{first} (from commit {meta['resumed']['from_git_commit']}); missing: "
               f"{meta['resumed']['records_missing'] or 'nothing'}")
-    for seed in range(first, seeds):
-        done = list(finished) if seed == first else []
-        for method in chosen:
-            if method.name in done:
-                continue
+    job = workers_mod.Job(bench, chains, params, model_dir, reference)
+    units = [(seed, method) for seed in range(first, seeds) for method in chosen
+             if not (seed == first and method.name in finished)]  # (seed, method) in the order one process runs them
+    items = [workers_mod.Item(seed, method.name, i) for seed, method in units if method.trains or seed == 0
+             for i in range(len(chains))]
+    n_workers = workers_mod.resolve(workers, len(items))
+    if n_workers > 1:  # the long ones first, so the pool's processes end together (one process keeps run order)
+        items.sort(key=lambda item: not METHODS[item.method].trains)
+    meta["workers"] = n_workers
+    if n_workers > 1:
+        print(f"bench {bench.name}: {len(items)} chains on {n_workers} worker processes, "
+              f"{workers_mod.threads_per_worker(n_workers)} thread(s) each")
+    finished_chains: dict[workers_mod.Item, dict[str, list]] = {}
+    done_in_seed = list(finished)
+    cursor = 0
+
+    def merge_finished_units() -> None:
+        """Append every unit whose chains are all done, in run order, saving partial files as one process would."""
+        nonlocal cursor, done_in_seed
+        while cursor < len(units):
+            seed, method = units[cursor]
             if not method.trains and seed > 0:  # deterministic: seed 0's records stand for every seed
                 for kind in ("steps", "scores", "answers"):
                     records[kind] += [r | {"seed": seed, "reused_from_seed": 0} for r in records[kind]
                                       if r["seed"] == 0 and r["method"] == method.name]
             else:
-                for chain in chains:
-                    run_chain(bench, method, chain, seed, params, model_dir, reference, records)
-            done.append(method.name)  # a run stopped within this seed keeps its finished methods
-            partial.save_methods(out, bench.stem, meta, seed, done, records, round(time.perf_counter() - started, 1))
-        if seed + 1 < seeds:  # a long run stopped early keeps every finished seed
-            so_far = _result(bench, meta, tasks, chosen, seed + 1, records, base_ppl, started)
-            partial.save(out, bench.stem, so_far, records)
-            print(f"bench {bench.name}: seeds 0..{seed} done ({so_far['wall_s']} s); wrote {bench.stem}.partial.json")
+                keys = [workers_mod.Item(seed, method.name, i) for i in range(len(chains))]
+                if not all(key in finished_chains for key in keys):
+                    return
+                for key in keys:
+                    for kind, rows in finished_chains.pop(key).items():
+                        records[kind] += rows
+            cursor += 1
+            done_in_seed.append(method.name)  # a run stopped within this seed keeps its finished methods
+            partial.save_methods(out, bench.stem, meta, seed, done_in_seed, records,
+                                 round(time.perf_counter() - started, 1))
+            if cursor == len(units) or units[cursor][0] != seed:
+                done_in_seed = []
+                if seed + 1 < seeds:  # a long run stopped early keeps every finished seed
+                    so_far = _result(bench, meta, tasks, chosen, seed + 1, records, base_ppl, started)
+                    partial.save(out, bench.stem, so_far, records)
+                    print(f"bench {bench.name}: seeds 0..{seed} done ({so_far['wall_s']} s); wrote "
+                          f"{bench.stem}.partial.json")
+
+    merge_finished_units()
+    for item, chain_records in workers_mod.execute(job, items, n_workers):
+        finished_chains[item] = chain_records
+        merge_finished_units()
 
     result = _result(bench, meta, tasks, chosen, seeds, records, base_ppl, started)
     stem = bench.stem

@@ -1,0 +1,75 @@
+"""lmsleep bench --workers: chains in spawned processes give what one process gives; how many workers auto picks."""
+
+import json
+
+import pytest
+import torch
+
+from lmsleep.bench import workers
+from lmsleep.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: both runs compute with one thread
+
+FAST = ["--set", "seed.epochs=1", "--set", "seed.ks_steps=2", "--set", "seed.ks_max_new_tokens=6",
+        "--set", "seed.ks_expert_rank=4", "--set", "seed.ks_prompts_per_memory=2",
+        "--set", "evaluate.max_new_tokens=4", "--set", "seed.ks_anchor_prompts=2"]
+
+
+def _drop_timings(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("seconds", "ks_seconds")} for r in rows]
+
+
+def test_two_worker_processes_give_what_one_process_gives(make_tiny_workspace, tmp_path):
+    ws = make_tiny_workspace().ws
+    args = ["bench", "quality", "--seeds", "2", "--limit", "2", "--model", "tiny", "--root", str(ws.root),
+            "--option", "sets=demo", "--methods", "base,sft,sleep_ks", *FAST]
+    assert main([*args, "--out", str(tmp_path / "one"), "--workers", "1"]) == 0
+    assert main([*args, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    one, two = (json.loads((tmp_path / d / "seed_quality.json").read_text()) for d in ("one", "two"))
+    assert one["workers"] == 1 and two["workers"] == 2
+    assert two["scores"] == one["scores"]  # same rows in the same order: merged as one process runs them
+    assert _drop_timings(two["steps"]) == _drop_timings(one["steps"])
+    assert two["aggregate"] == one["aggregate"]
+    for name in ("seed_quality_answers.jsonl", "seed_quality_train_texts.jsonl"):
+        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text(), name
+    assert {(s["seed"], s["method"]) for s in two["scores"]} == {(s, m) for s in (0, 1)
+                                                                for m in ("base", "sft", "sleep_ks")}
+    assert not list((tmp_path / "two").glob("*.partial.*"))
+
+
+def test_a_failing_chain_in_a_worker_fails_the_run_with_its_error(make_tiny_workspace, tmp_path, capsys):
+    ws = make_tiny_workspace().ws
+    args = ["bench", "quality", "--seeds", "2", "--limit", "1", "--model", "tiny", "--root", str(ws.root),
+            "--option", "sets=demo", "--methods", "base,sft", "--out", str(tmp_path), "--workers", "2",
+            *FAST, "--set", "seed.lora_rank=0"]  # every sft night refuses its LoRA rank in the worker
+    assert main(args) != 0
+    assert "`r` should be a positive integer" in capsys.readouterr().err  # peft, raised in a worker
+    assert not (tmp_path / "seed_quality.json").exists()
+
+
+def test_auto_workers_follow_the_cores_and_the_work(monkeypatch):
+    monkeypatch.delenv(workers.ENV, raising=False)
+    monkeypatch.setattr(workers, "cores", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert workers.resolve(None, 8) == 2 and workers.resolve("auto", 8) == 2 and workers.resolve(0, 8) == 2
+    assert workers.resolve("auto", 1) == 1  # one chain: no process to spare
+    monkeypatch.setattr(workers, "cores", lambda: 16)
+    assert workers.resolve("auto", 30) == workers.MAX_AUTO
+    assert workers.resolve("3", 30) == 3 and workers.resolve(5, 2) == 5  # asked for: as given
+    monkeypatch.setenv(workers.ENV, "1")
+    assert workers.resolve(None, 30) == 1 and workers.resolve("auto", 30) == workers.MAX_AUTO
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert workers.resolve("auto", 30) == 1  # one GPU: one process
+    for bad in ("-1", "two"):
+        with pytest.raises(ValueError, match="--workers"):
+            workers.resolve(bad, 4)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert workers.threads_per_worker(2) == 1 and workers.threads_per_worker(3) == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
+    assert workers.threads_per_worker(4) == 4
+
+
+def test_a_benchmark_with_its_own_protocol_refuses_workers(make_tiny_workspace, capsys):
+    ws = make_tiny_workspace().ws
+    assert main(["bench", "babi", "--seeds", "1", "--limit", "1", "--root", str(ws.root), "--workers", "2"]) == 2
+    assert "runs its own protocol in one process" in capsys.readouterr().err
