@@ -298,8 +298,8 @@ def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int 
     items = [workers_mod.Item(seed, method.name, i) for seed, method in units if method.trains or seed == 0
              for i in range(len(chains))]
     n_workers = workers_mod.resolve(workers, len(items))
-    if n_workers > 1:  # the long ones first, so the pool's processes end together (one process keeps run order)
-        items.sort(key=lambda item: not METHODS[item.method].trains)
+    if n_workers > 1:  # the longest first, so the pool's processes end together (one process keeps run order)
+        items.sort(key=lambda item: -METHODS[item.method].cost)
     meta["workers"] = n_workers
     if n_workers > 1:
         print(f"bench {bench.name}: {len(items)} chains on {n_workers} worker processes, "

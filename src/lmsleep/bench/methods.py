@@ -92,10 +92,17 @@ class Method:
     help: str
     consolidate: Callable[..., Consolidated] | None = None  # None: nothing is trained (deterministic, greedy)
     in_context: bool = False  # probes are asked with the memory in context
+    # How long a night takes, relatively: 1 one SFT pass, 2 a KS loop (teacher, samples, 96 steps), 3 KS plus
+    # dreaming's trials or SEAL's. Only --workers reads it, to start the longest chains first.
+    night_cost: int = 2
 
     @property
     def trains(self) -> bool:
         return self.consolidate is not None
+
+    @property
+    def cost(self) -> int:
+        return self.night_cost if self.trains else 0
 
 
 # ---------------------------------------------------------------- SFT
@@ -336,8 +343,8 @@ def consolidate_ks_dream_night_mix(model, tokenizer, memories, cfg: SeedConfig, 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("base", "no sleep, no memory in context"),
     Method("icl", "no sleep, memory in context (the ceiling while the context lasts)", in_context=True),
-    Method("sft", "LoRA fine-tuning on the memory texts (seed.method=sft)", consolidate_sft),
-    Method("sft_replay", "sft plus earlier tasks' memory texts, 1:1", consolidate_sft_replay),
+    Method("sft", "LoRA fine-tuning on the memory texts (seed.method=sft)", consolidate_sft, night_cost=1),
+    Method("sft_replay", "sft plus earlier tasks' memory texts, 1:1", consolidate_sft_replay, night_cost=1),
     Method("context_distill_offpolicy", "KS loop, teacher samples only, forward KL, no LTI",
            consolidate_offpolicy_distill),
     Method("sleep_ks", "Knowledge Seeding into one new expert (seed.method=ks); also the -dream ablation",
@@ -356,18 +363,19 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("opsd", "on-policy self-distillation: reverse KL, lambda 1, no LTI, into a LoRA on the existing weights",
            consolidate_opsd),
     Method("seal_like", "SEAL: self-edit implications, LoRA trials rewarded by tau, ReST-EM writer, SFT on kept edits",
-           consolidate_seal_like),
+           consolidate_seal_like, night_cost=3),
     Method("sleep_ks_dream", "sleep_ks, then dreaming (lmsleep.dream) rehearses tonight's expert",
-           consolidate_ks_dream),
+           consolidate_ks_dream, night_cost=3),
     Method("sleep_ks_dream-dream", "sleep_ks_dream without its dreaming: sleep_ks by another name (the night is "
            "restored when sleep_ks ran first), so the paper's ablation list reads the same here", consolidate_ks),
     Method("sleep_ks_dream-random_expert", "sleep_ks_dream without the random novelty expert",
-           _ablation(random_expert=False)),
+           _ablation(random_expert=False), night_cost=3),
     Method("sleep_ks_dream-grad_selection", "sleep_ks_dream keeping random dreams, not gradient-selected ones",
-           _ablation(grad_selection=False)),
-    Method("sleep_ks_dream-rest_em", "sleep_ks_dream without ReST-EM on the dream writer", _ablation(rest_em=False)),
+           _ablation(grad_selection=False), night_cost=3),
+    Method("sleep_ks_dream-rest_em", "sleep_ks_dream without ReST-EM on the dream writer", _ablation(rest_em=False),
+           night_cost=3),
     Method("sleep_ks_dream+night_mix", "sleep_ks_dream whose rehearsal batches also take tonight's own KS prompts "
-           "(dream.rehearsal_night_share: the params' or 0.5)", consolidate_ks_dream_night_mix),
+           "(dream.rehearsal_night_share: the params' or 0.5)", consolidate_ks_dream_night_mix, night_cost=3),
 )}
 
 
