@@ -1,6 +1,10 @@
 """lmsleep bench --workers: chains in spawned processes give what one process gives; how many workers auto picks."""
 
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,3 +77,33 @@ def test_a_benchmark_with_its_own_protocol_refuses_workers(make_tiny_workspace, 
     ws = make_tiny_workspace().ws
     assert main(["bench", "babi", "--seeds", "1", "--limit", "1", "--root", str(ws.root), "--workers", "2"]) == 2
     assert "runs its own protocol in one process" in capsys.readouterr().err
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in state  # a zombie has exited
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="reads /proc")
+def test_a_worker_ends_when_its_parent_is_killed(tmp_path):
+    """kill -9 of `lmsleep bench` must not leave its workers running a night on (seen: two orphans at full CPU)."""
+    watching = tmp_path / "watching"
+    child = ("import pathlib, time; from lmsleep.bench.workers import exit_with_parent; exit_with_parent(0.1); "
+             f"pathlib.Path({str(watching)!r}).touch(); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                               f"p = subprocess.Popen([sys.executable, '-c', {child!r}]); print(p.pid, flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    deadline = time.monotonic() + 60
+    while not watching.exists() and time.monotonic() < deadline:  # imported torch, watching its parent
+        time.sleep(0.1)
+    assert watching.exists() and _running(worker)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while _running(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(worker)

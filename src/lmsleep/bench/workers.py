@@ -18,6 +18,8 @@ a fork.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -83,10 +85,25 @@ def empty_records() -> dict[str, list]:
 _JOB: Job | None = None  # a worker's copy of the job
 
 
+def exit_with_parent(interval_s: float = 5.0) -> None:
+    """End this process when its parent is gone (a killed `lmsleep bench` must not leave its workers computing a
+    night for half an hour): a daemon thread watches the parent's pid."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _start_worker(job: Job, threads: int) -> None:
     global _JOB
     _JOB = job
     torch.set_num_threads(threads)
+    exit_with_parent()
 
 
 def run_item(job: Job, item: Item) -> dict[str, list]:
