@@ -1,6 +1,7 @@
-"""The benchmark harness: seeds x methods x tasks in one process, graded exactly as the evaluate stage grades.
+"""The benchmark harness: seeds x methods x tasks, graded exactly as the evaluate stage grades.
 
     lmsleep bench quality --seeds 3                        # make bench-quality
+    lmsleep bench languages --seeds 3 --workers 2          # chains in 2 processes (lmsleep.bench.workers; default auto)
     lmsleep bench squad --seeds 3 --limit 20 --methods base,icl,sft,sleep_ks
     lmsleep bench squad --seeds 1 --limit 2 --model tiny --set seed.ks_steps=2
 
