@@ -20,7 +20,8 @@ FAST = {"method": "ks", "ks_sender": "fast_level", "ks_steps": 30, "ks_lr": 1e-2
 
 
 def _text_loss(model, tokenizer, text: str) -> float:
-    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]],
+                       device=next(model.parameters()).device)
     with torch.no_grad():
         return float(model(input_ids=ids, labels=ids).loss)
 
@@ -43,7 +44,7 @@ def test_the_fast_level_sender_moves_the_day_into_one_night_expert(tmp_path, tmp
     assert len(losses) == params.seed.ks_steps and losses[-1] < losses[0]
     after = [_text_loss(cms, tokenizer, m["text"]) for m in memories]
     assert all(a < b for a, b in zip(after, before)), (before, after)  # the night expert holds the day's text
-    assert all(torch.equal(v, base[k]) for k, v in cms.unwrap().state_dict().items() if k in base)  # base frozen
+    assert all(torch.equal(v.cpu(), base[k]) for k, v in cms.unwrap().state_dict().items() if k in base)  # frozen
     texts = " ".join(t["text"] for t in stats["train_texts"])
     assert not any(p["question"] in texts for m in memories for p in m["probes"])  # memory text only, never probes
 
