@@ -121,8 +121,9 @@ def test_ks_into_lora_trains_only_the_lora_against_the_model_before_training(ws,
     cfg = dataclasses.replace(params.seed, ks_steps=3, ks_lambda=1.0, ks_divergence="reverse_kl", ks_alpha=1.0,
                               target_modules=["q_proj", "up_proj"])
     model, tokenizer = load_base(ws.base_model("tiny"), "float32")
+    model.to("cuda" if torch.cuda.is_available() else "cpu")  # where the night runs: logits compared bit for bit
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    probe_ids = torch.tensor([tokenizer("The ferry crosses the river at dawn.")["input_ids"]])
+    probe_ids = torch.tensor([tokenizer("The ferry crosses the river at dawn.")["input_ids"]], device=model.device)
     with torch.no_grad():
         logits_before = model(probe_ids).logits
     peft_model, losses, stats = ks_into_lora(model, tokenizer, [memory(1), memory(2)], cfg)
@@ -135,7 +136,7 @@ def test_ks_into_lora_trains_only_the_lora_against_the_model_before_training(ws,
     for name, p in peft_model.named_parameters():  # every existing weight is bit for bit as it was
         if "lora_" not in name:
             original = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
-            assert torch.equal(p.cpu(), before[original].cpu()), name  # the night may run on a GPU
+            assert torch.equal(p, before[original]), name
     student = LoraStudent(peft_model)
     with torch.no_grad():
         with student.experts_off(LORA, [0]):  # the teacher: the adapter off, i.e. the model before training

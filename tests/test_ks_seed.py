@@ -72,8 +72,9 @@ def test_ks_night_trains_only_the_new_expert_and_exports_a_peft_adapter(night, m
     from peft import PeftModel
 
     base, tokenizer = load_base(ws.base_model("tiny"))
-    peft_model = PeftModel.from_pretrained(base, out / "adapter").eval()
-    ids = tokenizer("Captain Orlane steers the ferry", return_tensors="pt")["input_ids"]
+    device = next(cms.parameters()).device  # where the night ran (a GPU where there is one)
+    peft_model = PeftModel.from_pretrained(base, out / "adapter").to(device).eval()
+    ids = tokenizer("Captain Orlane steers the ferry", return_tensors="pt")["input_ids"].to(device)
     with torch.no_grad():
         expected = cms(input_ids=ids).logits
         assert torch.allclose(peft_model(input_ids=ids).logits, expected, atol=1e-4)
@@ -83,7 +84,7 @@ def test_ks_night_trains_only_the_new_expert_and_exports_a_peft_adapter(night, m
     assert lineage["method"] == "ks"
     merged, _ = load_lineage(ws, lineage)
     with torch.no_grad():
-        assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-4)
+        assert torch.allclose(merged.to(device)(input_ids=ids).logits, expected, atol=1e-4)
     log = json.loads((out / "train_log.json").read_text())
     assert log["summary"]["method"] == "ks" and len(log["losses"]) == params.seed.ks_steps
 
