@@ -23,12 +23,16 @@ def _drop_timings(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in ("seconds", "ks_seconds")} for r in rows]
 
 
-def test_two_worker_processes_give_what_one_process_gives(make_tiny_workspace, tmp_path):
+def test_two_worker_processes_give_what_one_process_gives(make_tiny_workspace, tmp_path, capfd):
     ws = make_tiny_workspace().ws
+    methods = ("base", "sft", "context_distill_offpolicy", "sleep_ks")  # the last two: the same KS night
     args = ["bench", "quality", "--seeds", "2", "--limit", "2", "--model", "tiny", "--root", str(ws.root),
-            "--option", "sets=demo", "--methods", "base,sft,sleep_ks", *FAST]
+            "--option", "sets=demo", "--methods", ",".join(methods), *FAST]
+    restored = "this KS night was trained earlier in this run with the same inputs"
     assert main([*args, "--out", str(tmp_path / "one"), "--workers", "1"]) == 0
+    assert capfd.readouterr().out.count(restored) == 2  # sleep_ks restores context_distill's night, each seed
     assert main([*args, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    assert capfd.readouterr().out.count(restored) == 2  # in the workers too: the two ran in one process
     one, two = (json.loads((tmp_path / d / "seed_quality.json").read_text()) for d in ("one", "two"))
     assert one["workers"] == 1 and two["workers"] == 2
     assert two["scores"] == one["scores"]  # same rows in the same order: merged as one process runs them
@@ -36,19 +40,32 @@ def test_two_worker_processes_give_what_one_process_gives(make_tiny_workspace, t
     assert two["aggregate"] == one["aggregate"]
     for name in ("seed_quality_answers.jsonl", "seed_quality_train_texts.jsonl"):
         assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text(), name
-    assert {(s["seed"], s["method"]) for s in two["scores"]} == {(s, m) for s in (0, 1)
-                                                                for m in ("base", "sft", "sleep_ks")}
+    assert {(s["seed"], s["method"]) for s in two["scores"]} == {(s, m) for s in (0, 1) for m in methods}
     assert not list((tmp_path / "two").glob("*.partial.*"))
 
 
-def test_a_failing_chain_in_a_worker_fails_the_run_with_its_error(make_tiny_workspace, tmp_path, capsys):
+def test_a_failing_chain_in_a_worker_fails_the_run_and_stops_the_others(make_tiny_workspace, tmp_path, capsys):
+    import multiprocessing
+
     ws = make_tiny_workspace().ws
-    args = ["bench", "quality", "--seeds", "2", "--limit", "1", "--model", "tiny", "--root", str(ws.root),
-            "--option", "sets=demo", "--methods", "base,sft", "--out", str(tmp_path), "--workers", "2",
-            *FAST, "--set", "seed.lora_rank=0"]  # every sft night refuses its LoRA rank in the worker
+    args = ["bench", "quality", "--seeds", "1", "--limit", "1", "--model", "tiny", "--root", str(ws.root),
+            "--option", "sets=demo", "--methods", "sft,sleep_ks", "--out", str(tmp_path), "--workers", "2",
+            *FAST, "--set", "seed.lora_rank=0",  # the sft night refuses its LoRA rank in its worker
+            "--set", "seed.ks_steps=100000"]  # while the KS night beside it would run for hours
     assert main(args) != 0
     assert "`r` should be a positive integer" in capsys.readouterr().err  # peft, raised in a worker
     assert not (tmp_path / "seed_quality.json").exists()
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]  # the KS night was stopped
+
+
+def test_methods_that_share_ks_nights_are_bundled_per_seed_and_chain():
+    items = [workers.Item(seed, (m,), chain) for seed in (0, 1) for m in ("base", "ks_a", "sft", "ks_b")
+             for chain in (0, 1)]
+    bundled = workers.bundle(items, lambda name: name.startswith("ks_"))
+    assert sorted((i.seed, i.methods, i.chain) for i in bundled if len(i.methods) > 1) == [
+        (s, ("ks_a", "ks_b"), c) for s in (0, 1) for c in (0, 1)]
+    assert sorted(m for i in bundled for m in i.methods) == sorted(m for i in items for m in i.methods)
+    assert all(len(i.methods) == 1 for i in bundled if i.methods[0] in ("base", "sft"))
 
 
 def test_auto_workers_follow_the_cores_and_the_work(monkeypatch):

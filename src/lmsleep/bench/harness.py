@@ -296,16 +296,17 @@ def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int 
     job = workers_mod.Job(bench, chains, params, model_dir, reference)
     units = [(seed, method) for seed in range(first, seeds) for method in chosen
              if not (seed == first and method.name in finished)]  # (seed, method) in the order one process runs them
-    items = [workers_mod.Item(seed, method.name, i) for seed, method in units if method.trains or seed == 0
+    items = [workers_mod.Item(seed, (method.name,), i) for seed, method in units if method.trains or seed == 0
              for i in range(len(chains))]
     n_workers = workers_mod.resolve(workers, len(items))
-    if n_workers > 1:  # the longest first, so the pool's processes end together (one process keeps run order)
-        items.sort(key=lambda item: -METHODS[item.method].cost)
+    if n_workers > 1:  # KS-night sharers together; the longest first, so the processes end together
+        items = workers_mod.bundle(items, lambda name: METHODS[name].shares_ks_nights)
+        items.sort(key=lambda item: -max(METHODS[m].cost for m in item.methods))  # one process keeps run order
     meta["workers"] = n_workers
     if n_workers > 1:
-        print(f"bench {bench.name}: {len(items)} chains on {n_workers} worker processes, "
-              f"{workers_mod.threads_per_worker(n_workers)} thread(s) each")
-    finished_chains: dict[workers_mod.Item, dict[str, list]] = {}
+        print(f"bench {bench.name}: {sum(len(i.methods) for i in items)} chains in {len(items)} work items on "
+              f"{n_workers} worker processes, {workers_mod.threads_per_worker(n_workers)} thread(s) each")
+    finished_chains: dict[tuple[int, str, int], dict[str, list]] = {}  # (seed, method, chain) -> its records
     done_in_seed = list(finished)
     cursor = 0
 
@@ -319,7 +320,7 @@ def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int 
                     records[kind] += [r | {"seed": seed, "reused_from_seed": 0} for r in records[kind]
                                       if r["seed"] == 0 and r["method"] == method.name]
             else:
-                keys = [workers_mod.Item(seed, method.name, i) for i in range(len(chains))]
+                keys = [(seed, method.name, i) for i in range(len(chains))]
                 if not all(key in finished_chains for key in keys):
                     return
                 for key in keys:
@@ -338,8 +339,9 @@ def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int 
                           f"{bench.stem}.partial.json")
 
     merge_finished_units()
-    for item, chain_records in workers_mod.execute(job, items, n_workers):
-        finished_chains[item] = chain_records
+    for item, per_method in workers_mod.execute(job, items, n_workers):
+        for name, chain_records in per_method.items():
+            finished_chains[(item.seed, name, item.chain)] = chain_records
         merge_finished_units()
 
     result = _result(bench, meta, tasks, chosen, seeds, records, base_ppl, started)

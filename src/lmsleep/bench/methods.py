@@ -95,6 +95,9 @@ class Method:
     # How long a night takes, relatively: 1 one SFT pass, 2 a KS loop (teacher, samples, 96 steps), 3 KS plus
     # dreaming's trials or SEAL's. Only --workers reads it, to start the longest chains first.
     night_cost: int = 2
+    # Trains through _ks_night, whose KS_NIGHTS cache restores a night another method already trained in this process
+    # (e.g. sleep_ks = context_distill_offpolicy at the defaults): --workers runs such methods in one process.
+    shares_ks_nights: bool = False
 
     @property
     def trains(self) -> bool:
@@ -346,18 +349,18 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("sft", "LoRA fine-tuning on the memory texts (seed.method=sft)", consolidate_sft, night_cost=1),
     Method("sft_replay", "sft plus earlier tasks' memory texts, 1:1", consolidate_sft_replay, night_cost=1),
     Method("context_distill_offpolicy", "KS loop, teacher samples only, forward KL, no LTI",
-           consolidate_offpolicy_distill),
+           consolidate_offpolicy_distill, shares_ks_nights=True),
     Method("sleep_ks", "Knowledge Seeding into one new expert (seed.method=ks); also the -dream ablation",
-           consolidate_ks),
+           consolidate_ks, shares_ks_nights=True),
     Method("sleep_ks_fast_level", "sleep_ks with the fast-level sender: the day read awake by test-time training "
            "of a fast level, then that level consolidated into the night's expert (seed.ks_sender=fast_level)",
-           consolidate_ks_fast_level),
+           consolidate_ks_fast_level, shares_ks_nights=True),
     Method("sleep_ks+lti", "sleep_ks with Learning to Imitate on (ks_alpha < 1: the params' or 0.8)",
-           consolidate_ks_lti),
+           consolidate_ks_lti, shares_ks_nights=True),
     Method("sleep_ks-lti", "sleep_ks with the LTI term off (ks_alpha=1; = sleep_ks with the default params)",
-           consolidate_ks_no_lti),
+           consolidate_ks_no_lti, shares_ks_nights=True),
     Method("sleep_ks-semantic_reward", "sleep_ks+lti with the absolute (Levenshtein) reward only (ks_gamma=0)",
-           consolidate_ks_no_semantic_reward),
+           consolidate_ks_no_semantic_reward, shares_ks_nights=True),
     Method("sleep_ks-expansion", "the KS objective into a LoRA on the existing weights, no new expert",
            consolidate_ks_lora),
     Method("opsd", "on-policy self-distillation: reverse KL, lambda 1, no LTI, into a LoRA on the existing weights",
@@ -365,17 +368,19 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("seal_like", "SEAL: self-edit implications, LoRA trials rewarded by tau, ReST-EM writer, SFT on kept edits",
            consolidate_seal_like, night_cost=3),
     Method("sleep_ks_dream", "sleep_ks, then dreaming (lmsleep.dream) rehearses tonight's expert",
-           consolidate_ks_dream, night_cost=3),
+           consolidate_ks_dream, night_cost=3, shares_ks_nights=True),
     Method("sleep_ks_dream-dream", "sleep_ks_dream without its dreaming: sleep_ks by another name (the night is "
-           "restored when sleep_ks ran first), so the paper's ablation list reads the same here", consolidate_ks),
+           "restored when sleep_ks ran first), so the paper's ablation list reads the same here", consolidate_ks,
+           shares_ks_nights=True),
     Method("sleep_ks_dream-random_expert", "sleep_ks_dream without the random novelty expert",
-           _ablation(random_expert=False), night_cost=3),
+           _ablation(random_expert=False), night_cost=3, shares_ks_nights=True),
     Method("sleep_ks_dream-grad_selection", "sleep_ks_dream keeping random dreams, not gradient-selected ones",
-           _ablation(grad_selection=False), night_cost=3),
+           _ablation(grad_selection=False), night_cost=3, shares_ks_nights=True),
     Method("sleep_ks_dream-rest_em", "sleep_ks_dream without ReST-EM on the dream writer", _ablation(rest_em=False),
-           night_cost=3),
+           night_cost=3, shares_ks_nights=True),
     Method("sleep_ks_dream+night_mix", "sleep_ks_dream whose rehearsal batches also take tonight's own KS prompts "
-           "(dream.rehearsal_night_share: the params' or 0.5)", consolidate_ks_dream_night_mix, night_cost=3),
+           "(dream.rehearsal_night_share: the params' or 0.5)", consolidate_ks_dream_night_mix, night_cost=3,
+           shares_ks_nights=True),
 )}
 
 

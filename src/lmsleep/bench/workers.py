@@ -1,8 +1,7 @@
 """Run a benchmark's chains in parallel processes: one chain (a method's nights on one seed) per work item.
 
-On a CPU box a small model's night uses one core well and a second one poorly, so N processes of one thread finish
-N chains in about the time one process with N threads finishes one: on 2 cores the SmolLM2 benchmarks' defaults
-(3 seeds) need two processes to fit in about an hour (docs/results.md, "Sizing").
+Chains are independent, so N single-threaded processes keep N cores busy with no synchronisation between them: on
+2 cores the SmolLM2 benchmarks' defaults (3 seeds) run as two processes (docs/results.md, "Benchmark sizing").
 
     lmsleep bench languages --seeds 3 --model smollm2               # --workers auto: min(cores, 4) on a CPU, 1 on a GPU
     lmsleep bench squad --seeds 3 --workers 1                       # one process, as before
@@ -10,9 +9,9 @@ N chains in about the time one process with N threads finishes one: on 2 cores t
 
 Every chain starts from a freshly loaded base model with its seed (harness.run_chain), so where a chain runs does not
 change what it computes; only float summation order may differ with the thread count. The harness merges finished
-chains in the order a single process would have run them, so outputs, partial files and --resume are the same.
-Each worker gets cores // workers threads (at least one). Spawned, not forked: torch's thread pools do not survive
-a fork.
+chains in the order a single process would have run them, so the outputs, the partial files and --resume work as
+with one process. Each worker gets torch's thread count // workers threads (at least one). Spawned, not forked:
+torch's thread pools do not survive a fork.
 """
 
 from __future__ import annotations
@@ -35,8 +34,25 @@ ENV = "LMSLEEP_BENCH_WORKERS"
 @dataclass(frozen=True)
 class Item:
     seed: int
-    method: str
+    methods: tuple[str, ...]  # run one after another in one process (methods that share KS nights: bundle())
     chain: int  # index into the run's chains
+
+
+def bundle(items: list[Item], shares_nights) -> list[Item]:
+    """Join the items of one (seed, chain) whose methods share KS nights (shares_nights(name)) into one item, so a
+    night two methods would train alike is trained once (bench.methods.KS_NIGHTS lives in one process)."""
+    out: list[Item] = []
+    joined: dict[tuple[int, int], int] = {}  # (seed, chain) -> index in out of its shared item
+    for item in items:
+        if not all(shares_nights(m) for m in item.methods):
+            out.append(item)
+            continue
+        at = joined.setdefault((item.seed, item.chain), len(out))
+        if at == len(out):
+            out.append(item)
+        else:
+            out[at] = Item(item.seed, out[at].methods + item.methods, item.chain)
+    return out
 
 
 @dataclass
@@ -106,23 +122,26 @@ def _start_worker(job: Job, threads: int) -> None:
     exit_with_parent()
 
 
-def run_item(job: Job, item: Item) -> dict[str, list]:
-    """One chain of one method on one seed; its records (steps, scores, answers, train_texts)."""
+def run_item(job: Job, item: Item) -> dict[str, dict[str, list]]:
+    """One chain on one seed for each of the item's methods, in order; per method its records (steps, scores,
+    answers, train_texts)."""
     from lmsleep.bench import harness  # at call time: tests replace harness.run_chain
     from lmsleep.bench.methods import resolve_methods
 
-    records = empty_records()
-    harness.run_chain(job.bench, resolve_methods([item.method])[0], job.chains[item.chain], item.seed, job.params,
-                      job.model_dir, job.reference, records)
-    return records
+    out = {}
+    for method in resolve_methods(list(item.methods)):
+        out[method.name] = empty_records()
+        harness.run_chain(job.bench, method, job.chains[item.chain], item.seed, job.params, job.model_dir,
+                          job.reference, out[method.name])
+    return out
 
 
-def _run_in_worker(item: Item) -> dict[str, list]:
+def _run_in_worker(item: Item) -> dict[str, dict[str, list]]:
     assert _JOB is not None, "worker started without its job"
     return run_item(_JOB, item)
 
 
-def execute(job: Job, items: list[Item], workers: int) -> Iterator[tuple[Item, dict[str, list]]]:
+def execute(job: Job, items: list[Item], workers: int) -> Iterator[tuple[Item, dict[str, dict[str, list]]]]:
     """Yield (item, records) as items finish: in order in this process when workers == 1, else from a pool of
     spawned processes. The first failure stops the pool (pending items are cancelled) and is raised here."""
     if workers == 1 or len(items) <= 1:
@@ -131,6 +150,7 @@ def execute(job: Job, items: list[Item], workers: int) -> Iterator[tuple[Item, d
         return
     pool = ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=get_context("spawn"),
                                initializer=_start_worker, initargs=(job, threads_per_worker(workers)))
+    finished = False
     try:
         pending = {pool.submit(_run_in_worker, item): item for item in items}
         while pending:
@@ -138,5 +158,12 @@ def execute(job: Job, items: list[Item], workers: int) -> Iterator[tuple[Item, d
             for future in done:
                 item = pending.pop(future)
                 yield item, future.result()
+        finished = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if not finished:  # a failed (or interrupted) run: the other chains' nights are lost anyway, stop them now
+            busy = list((getattr(pool, "_processes", None) or {}).values())  # no public way to stop a busy worker
+            for process in busy:
+                process.terminate()
+            for process in busy:
+                process.join(timeout=30)
+        pool.shutdown(wait=finished, cancel_futures=True)
