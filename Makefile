@@ -90,7 +90,8 @@ bench-question-stop: venv
 # Benchmarks (`lmsleep bench`, src/lmsleep/bench/): methods x seeds on the same data, graded like the evaluate stage.
 # Results: bench/results/<name>.json (per seed and aggregated: mean, 95% interval), .md table, .png plots; W&B offline.
 # bench-quality is issue 3's (-> seed_quality.json); bench-squad is SEAL's SQuAD protocol on its first 3 passages
-# (95 min for 3 seeds on one thread beside another job); all 200 (hours on CPU): make bench-squad BENCH_ARGS="--limit 0"
+# (95 min for 3 seeds on one thread beside another job; chains run in --workers auto processes, 2 on 2 cores:
+# docs/results.md "Benchmark sizing"); all 200 (hours on CPU): make bench-squad BENCH_ARGS="--limit 0"
 BENCH_SEEDS ?= 3
 BENCH_ARGS ?=
 .PHONY: bench-quality bench-squad
