@@ -271,7 +271,7 @@ def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int 
           f"({total / 1e6:.1f}M parameters, reference perplexity {base_ppl:.2f}) on "
           f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
 
-    records: dict[str, list] = {"steps": [], "scores": [], "answers": [], "train_texts": []}
+    records: dict[str, list] = workers_mod.empty_records()
     meta = {"benchmark": bench.name, "options": dict(vars(bench)), "command": command, "git_commit": _git_commit(),
             "model": model_name, "parameters": total, "limit": limit,
             "methods": [m.name for m in chosen], "sequential": bench.sequential,

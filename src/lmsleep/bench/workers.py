@@ -74,7 +74,7 @@ def cores() -> int:
 
 def resolve(requested: str | int | None, items: int) -> int:
     """--workers: a positive number as given; "auto"/None/0 = min(cores, MAX_AUTO, items) on a CPU, 1 on a GPU
-    (one GPU serves one process's batches better than several's). None reads $LMSLEEP_BENCH_WORKERS first."""
+    (processes would share the one GPU: ask for that with a number). None reads $LMSLEEP_BENCH_WORKERS first."""
     if requested is None:
         requested = os.environ.get(ENV, "auto")
     if str(requested).strip().lower() in ("auto", "0", ""):
@@ -142,8 +142,9 @@ def _run_in_worker(item: Item) -> dict[str, dict[str, list]]:
 
 
 def execute(job: Job, items: list[Item], workers: int) -> Iterator[tuple[Item, dict[str, dict[str, list]]]]:
-    """Yield (item, records) as items finish: in order in this process when workers == 1, else from a pool of
-    spawned processes. The first failure stops the pool (pending items are cancelled) and is raised here."""
+    """Yield (item, its records per method) as items finish: in order in this process when workers == 1, else from
+    a pool of spawned processes. The first failure stops the pool (the others are stopped, pending items cancelled)
+    and is raised here."""
     if workers == 1 or len(items) <= 1:
         for item in items:
             yield item, run_item(job, item)
