@@ -162,9 +162,6 @@ def execute(job: Job, items: list[Item], workers: int) -> Iterator[tuple[Item, d
         finished = True
     finally:
         if not finished:  # a failed (or interrupted) run: the other chains' nights are lost anyway, stop them now
-            busy = list((getattr(pool, "_processes", None) or {}).values())  # no public way to stop a busy worker
-            for process in busy:
-                process.terminate()
-            for process in busy:
-                process.join(timeout=30)
-        pool.shutdown(wait=finished, cancel_futures=True)
+            for process in list((getattr(pool, "_processes", None) or {}).values()):  # no public way to stop one
+                process.kill()
+        pool.shutdown(wait=True, cancel_futures=True)  # reaps them all
