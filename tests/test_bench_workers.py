@@ -9,14 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from test_bench_harness import FAST  # a night in seconds on the tiny model
+
 from lmsleep.bench import workers
 from lmsleep.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: both runs compute with one thread
-
-FAST = ["--set", "seed.epochs=1", "--set", "seed.ks_steps=2", "--set", "seed.ks_max_new_tokens=6",
-        "--set", "seed.ks_expert_rank=4", "--set", "seed.ks_prompts_per_memory=2",
-        "--set", "evaluate.max_new_tokens=4", "--set", "seed.ks_anchor_prompts=2"]
 
 
 def _drop_timings(rows: list[dict]) -> list[dict]:
