@@ -229,6 +229,24 @@ def resolve_limit(bench: Benchmark, limit: int | None) -> int | None:
     return limit or None
 
 
+# What `--memory fast` changes: the two seed knobs that trade CPU time for a lower peak RSS and nothing else (the
+# same losses and answers bit for bit: docs/results.md "Benchmark sizing"). A benchmark measures accuracy, and its
+# workers have room; a night in production keeps params' memory-first values (issue 3's target: 1.2x one model).
+FAST_MEMORY = {"ks_activation_checkpointing": False, "ks_return_freed_memory_kb": 0}
+
+
+def memory_mode(params: Params, mode: str, explicit: dict[str, Any] | None = None) -> Params:
+    """params for a benchmark run: "lean" = as given; "fast" = FAST_MEMORY's values in the seed section, except
+    those the user set explicitly (`explicit`: the --set overrides, {"seed.key": value})."""
+    if mode == "lean":
+        return params
+    if mode != "fast":
+        raise ValueError(f"--memory must be fast or lean, got {mode!r}")
+    keep = {key.split(".", 1)[1] for key in (explicit or {}) if key.startswith("seed.")}
+    return dataclasses.replace(params, seed=dataclasses.replace(
+        params.seed, **{k: v for k, v in FAST_MEMORY.items() if k not in keep}))
+
+
 def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int | None = None,
         methods: list[str] | None = None, out_dir: str | Path = "bench/results",
         command: str | None = None, resume: bool = False, workers: str | int | None = 1) -> dict[str, Any]:
