@@ -385,3 +385,25 @@ def test_a_run_of_uncommitted_source_says_so_in_its_commit(tmp_path, monkeypatch
     assert harness._git_commit() == head
     (tmp_path / "src" / "m.py").write_text("x = 2\n")
     assert harness._git_commit() == f"{head}+dirty"
+
+
+def test_bench_memory_fast_sets_only_the_memory_knobs_the_user_left_alone():
+    from lmsleep.cli import build_parser
+    from lmsleep.config import Params
+
+    params = Params()
+    assert params.seed.ks_activation_checkpointing and params.seed.ks_return_freed_memory_kb == 256
+    fast = harness.memory_mode(params, "fast")
+    assert not fast.seed.ks_activation_checkpointing and fast.seed.ks_return_freed_memory_kb == 0
+    assert fast.seed.ks_steps == params.seed.ks_steps and fast.evaluate == params.evaluate  # nothing else moves
+    assert params.seed.ks_activation_checkpointing  # the caller's params are not modified
+    import dataclasses
+
+    set_512 = dataclasses.replace(params, seed=dataclasses.replace(params.seed, ks_return_freed_memory_kb=512))
+    mixed = harness.memory_mode(set_512, "fast", {"seed.ks_return_freed_memory_kb": 512})  # --set wins
+    assert not mixed.seed.ks_activation_checkpointing and mixed.seed.ks_return_freed_memory_kb == 512
+    assert harness.memory_mode(params, "lean") is params
+    with pytest.raises(ValueError, match="fast or lean"):
+        harness.memory_mode(params, "tiny")
+    assert build_parser().parse_args(["bench", "squad"]).memory == "fast"
+    assert build_parser().parse_args(["bench", "squad", "--memory", "lean"]).memory == "lean"

@@ -848,3 +848,29 @@ def test_a_ks_night_lists_what_it_dropped_as_ungrounded(night):
     texts = read_jsonl(ws.night_model(params.night.id) / "train_texts.jsonl")
     trained = {(t["prompt"], t["completion"]) for t in texts}
     assert all(d["ungrounded"] and (d["prompt"], d["completion"]) not in trained for d in dropped)
+
+
+def test_the_benchmarks_fast_memory_settings_train_the_same_night_bit_for_bit(night):
+    """`lmsleep bench --memory fast` (harness.FAST_MEMORY: no activation checkpointing, malloc left alone) changes how
+    much memory a KS night holds, never what it computes: the same losses and the same expert tensors, exactly."""
+    from lmsleep.bench.harness import FAST_MEMORY
+
+    params, ws = night
+    params.seed.ks_steps = 4
+    params.seed.ks_teacher_cache = False  # each run writes and scores its own teacher side
+
+    def run(**knobs):
+        for key, value in knobs.items():
+            setattr(params.seed, key, value)
+        seed.run(params, ws)
+        out = ws.night_model("n1")
+        return (json.loads((out / "train_log.json").read_text())["losses"],
+                load_file(out / "adapter" / "adapter_model.safetensors"))
+
+    lean_losses, lean_adapter = run(ks_activation_checkpointing=True, ks_return_freed_memory_kb=256)
+    fast_losses, fast_adapter = run(**FAST_MEMORY)
+    assert FAST_MEMORY == {"ks_activation_checkpointing": False, "ks_return_freed_memory_kb": 0}
+    assert len(fast_losses) == 4 and fast_losses == lean_losses
+    assert lean_adapter.keys() == fast_adapter.keys()
+    assert all(torch.equal(lean_adapter[k], fast_adapter[k]) for k in lean_adapter)
+    assert any(v.abs().sum() > 0 for k, v in fast_adapter.items() if "lora_B" in k)  # the night trained
