@@ -42,6 +42,27 @@ def test_two_worker_processes_give_what_one_process_gives(make_tiny_workspace, t
     assert not list((tmp_path / "two").glob("*.partial.*"))
 
 
+def test_two_workers_resume_a_finished_run_as_one_straight_process_runs_it(make_tiny_workspace, tmp_path):
+    """--resume --workers 2 adds seeds to a run two workers finished: the same scores, rows and aggregates as one
+    uninterrupted one-process run of all the seeds."""
+    ws = make_tiny_workspace().ws
+    args = ["bench", "quality", "--limit", "1", "--model", "tiny", "--root", str(ws.root), "--option", "sets=demo",
+            "--methods", "base,sft,sleep_ks", *FAST]
+    assert main([*args, "--seeds", "1", "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    first = json.loads((tmp_path / "two" / "seed_quality.json").read_text())
+    assert main([*args, "--seeds", "2", "--resume", "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    assert main([*args, "--seeds", "2", "--out", str(tmp_path / "one"), "--workers", "1"]) == 0
+    resumed, straight = (json.loads((tmp_path / d / "seed_quality.json").read_text()) for d in ("two", "one"))
+    assert resumed["resumed"]["from_seeds"] == [0] and resumed["seeds"] == straight["seeds"] == [0, 1]
+    assert [s for s in resumed["scores"] if s["seed"] == 0] == first["scores"]
+    assert resumed["scores"] == straight["scores"]
+    assert _drop_timings(resumed["steps"]) == _drop_timings(straight["steps"])
+    assert resumed["aggregate"] == straight["aggregate"]
+    answers = [json.loads(line) for line in (tmp_path / "two" / "seed_quality_answers.jsonl").read_text().splitlines()]
+    assert {a["seed"] for a in answers} == {0, 1}
+    assert not list((tmp_path / "two").glob("*.partial.*"))
+
+
 def test_a_failing_chain_in_a_worker_fails_the_run_and_stops_the_others(make_tiny_workspace, tmp_path, capsys):
     import multiprocessing
 
