@@ -87,10 +87,17 @@ bench-teacher-prefix: venv
 bench-question-stop: venv
 	OMP_NUM_THREADS=1 $(BIN)/python bench/question_stop.py --model smollm2
 
+# One KS night (SEAL's first SQuAD passage) with the product's memory knobs and with the benchmarks' --memory fast,
+# each in a fresh process: time, peak RSS, and the same losses and expert (bench/memory_mode.py).
+# Result: bench/results/memory_mode.json.
+.PHONY: bench-memory-mode
+bench-memory-mode: venv
+	OMP_NUM_THREADS=1 $(BIN)/python bench/memory_mode.py --model smollm2 --steps 16
+
 # Benchmarks (`lmsleep bench`, src/lmsleep/bench/): methods x seeds on the same data, graded like the evaluate stage.
 # Results: bench/results/<name>.json (per seed and aggregated: mean, 95% interval), .md table, .png plots; W&B offline.
 # bench-quality is issue 3's (-> seed_quality.json); bench-squad is SEAL's SQuAD protocol on its first 3 passages
-# (95 min for 3 seeds on one thread beside another job; chains run in --workers auto processes, 2 on 2 cores:
+# (3 seeds in 35 min on 2 cores: chains in --workers auto processes, KS nights with --memory fast;
 # docs/results.md "Benchmark sizing"); all 200 (hours on CPU): make bench-squad BENCH_ARGS="--limit 0"
 BENCH_SEEDS ?= 3
 BENCH_ARGS ?=

@@ -218,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", choices=("fast", "lean"), default="fast",
                    help="fast (default): KS nights keep their activations and leave malloc as it is "
                         "(seed.ks_activation_checkpointing=false, seed.ks_return_freed_memory_kb=0 unless --set): "
-                        "the same numbers bit for bit, about 2x faster steps on a CPU, a higher peak (about 2 GB a "
-                        "SmolLM2 worker); lean: params' memory-first values, as a night runs them")
+                        "the same numbers bit for bit, about 2x faster steps on a CPU, a higher peak (up to about "
+                        "4 GB a SmolLM2 worker); lean: params' memory-first values, as a night runs them")
     p.set_defaults(func=cmd_bench, night=None, inbox=None)
     for name, func, help_text in (("status", cmd_status, "nights, champion and pending inbox"),
                                   ("rollback", cmd_rollback, "restore the previous champion"),

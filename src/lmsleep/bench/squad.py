@@ -8,7 +8,7 @@ its questions are answered WITHOUT it.
 
 Data: SEAL's 200-passage evaluation set (../shared/data/squad_seal/seal_eval200_base_val.json; SQuAD v1.1 dev,
 CC BY-SA 4.0; read its SOURCE.md), in its own order; --limit K keeps the first K passages (default 3, the size whose
-3 seeds fit about an hour on 2 CPU cores; 0 = all 200). A passage is one memory,
+3 seeds ran in 35 minutes on 2 CPU cores; 0 = all 200). A passage is one memory,
 text = "<title>\n<context>" (SEAL's passage format), its questions the probes. SEAL's self-edit completions are not
 used (they are SEAL's own synthetic data, the `seal_like` method's business).
 
@@ -68,9 +68,9 @@ def squad_memories(limit: int | None) -> list[dict[str, Any]]:
 class SquadBenchmark(Benchmark):
     name = "squad"
     default_methods = ("base", "icl", "sft", "context_distill_offpolicy", "sleep_ks")
-    # SmolLM2's KS night costs 6-7 minutes of one thread whatever its size (96 steps), and single mode is one night per
-    # passage: 3 passages (3 single nights + 1 multi-3 night per seed; a seed took ~30 min sharing the box with one
-    # other job, docs/results.md) is what 3 seeds fit in about an hour. --limit 0 runs all 200 (hours; a GPU's job)
+    # SmolLM2's KS night costs 4-6 minutes of one thread whatever its size (96 steps; --memory fast), and single mode
+    # is one night per passage: 3 passages (3 single nights + 1 multi-3 night per seed) ran 3 seeds in 35 minutes on
+    # 2 cores (docs/results.md, "Benchmark sizing"). --limit 0 runs all 200 (hours; a GPU's job)
     default_limit = 3
 
     def __init__(self, mode: str = "both", passages_per_night: int = 0):
