@@ -161,9 +161,7 @@ def cmd_params(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from lmsleep.bench.harness import get_benchmark, run
-
-    from lmsleep.bench.harness import memory_mode
+    from lmsleep.bench.harness import get_benchmark, memory_mode, run
 
     params, ws = resolve(args)
     params = memory_mode(params, args.memory, explicit=parse_overrides(args.set))
