@@ -116,7 +116,7 @@ bench-nights: venv
 
 # bAbI long horizon (issue 5; src/lmsleep/bench/babi.py, docs/bench/babi.md): a tiny word-level model trained on bAbI
 # train (cached in models/bench/), test stories longer than its context streamed through the consolidation chain.
-# Defaults: 3 seeds, ~1 h on 2 CPU cores. Quick look: make bench-babi BENCH_SEEDS=1 BENCH_ARGS="--limit 4"
+# Defaults: 3 seeds, 32 min on one thread (session 18). Quick look: make bench-babi BENCH_SEEDS=1 BENCH_ARGS="--limit 4"
 .PHONY: bench-babi
 bench-babi: venv
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/lmsleep bench babi --seeds $(BENCH_SEEDS) $(BENCH_ARGS)
