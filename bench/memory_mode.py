@@ -32,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seed_vs_trl import OFFLINE, PROJECT, SMOLLM2, build_tiny_model, load_memories, peak_rss_mb  # noqa: E402
 
 DEFAULT_OUT = PROJECT / "bench" / "results" / "memory_mode.json"
-LEAN = {"ks_activation_checkpointing": True, "ks_return_freed_memory_kb": 256}  # params.yaml's seed defaults
 
 
 def night_memories(source: str) -> list[dict[str, Any]]:
@@ -51,7 +50,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from lmsleep.ks.samples import read_anchor_prompts
     from lmsleep.models import load_base
 
-    knobs = FAST_MEMORY if args.child == "fast" else LEAN
+    knobs = FAST_MEMORY if args.child == "fast" else {}  # lean: params.yaml's own values
     seed_params = load_params(PROJECT / "params.yaml").seed
     cfg = dataclasses.replace(seed_params, ks_steps=args.steps, ks_teacher_cache=False, **knobs)
     model, tokenizer = load_base(Path(args.model_path))
@@ -71,7 +70,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     for p in cms.expert_parameters(ks.LEVEL, stats["expert_index"]):
         digest.update(p.detach().cpu().contiguous().numpy().tobytes())
     loop = ended - marks["loop_start"]
-    return {"mode": args.child, **knobs, "setup_s": round(marks["loop_start"] - started, 2), "loop_s": round(loop, 2),
+    return {"mode": args.child, **{k: getattr(cfg, k) for k in FAST_MEMORY}, "setup_s": round(marks["loop_start"] - started, 2), "loop_s": round(loop, 2),
             "s_per_step": round(loop / len(losses), 3), "steps": len(losses), "prompts": stats["prompts"],
             "peak_rss_mb": peak_rss_mb(), "rss_after_load_mb": loaded_rss, "losses": losses,
             "expert_sha256": digest.hexdigest()}
