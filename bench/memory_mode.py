@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seed_vs_trl import OFFLINE, PROJECT, SMOLLM2, build_tiny_model, load_memories, peak_rss_mb  # noqa: E402
+from seed_vs_trl import (OFFLINE, PROJECT, SMOLLM2, build_tiny_model, load_memories,  # noqa: E402
+                         mark_loop_start, peak_rss_mb)
 
 DEFAULT_OUT = PROJECT / "bench" / "results" / "memory_mode.json"
 
@@ -55,13 +56,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     cfg = dataclasses.replace(seed_params, ks_steps=args.steps, ks_teacher_cache=False, **knobs)
     model, tokenizer = load_base(Path(args.model_path))
     loaded_rss = peak_rss_mb()
-    real_tqdm, marks = ks.tqdm, {}
-
-    def stamped_tqdm(iterable, *a, **kw):  # the step loop starts here: prompts and teacher answers written
-        marks["loop_start"] = time.perf_counter()
-        return real_tqdm(iterable, *a, **kw)
-
-    ks.tqdm = stamped_tqdm
+    marks = mark_loop_start(ks)
     anchors = read_anchor_prompts(cfg.ks_anchor_file, cfg.ks_anchor_prompts, cfg.seed)
     started = time.perf_counter()
     cms, losses, stats = ks.consolidate_memories(model, tokenizer, night_memories(args.source), cfg, anchors=anchors)
@@ -70,7 +65,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     for p in cms.expert_parameters(ks.LEVEL, stats["expert_index"]):
         digest.update(p.detach().cpu().contiguous().numpy().tobytes())
     loop = ended - marks["loop_start"]
-    return {"mode": args.child, **{k: getattr(cfg, k) for k in FAST_MEMORY}, "setup_s": round(marks["loop_start"] - started, 2), "loop_s": round(loop, 2),
+    return {"mode": args.child, **{k: getattr(cfg, k) for k in FAST_MEMORY},
+            "setup_s": round(marks["loop_start"] - started, 2), "loop_s": round(loop, 2),
             "s_per_step": round(loop / len(losses), 3), "steps": len(losses), "prompts": stats["prompts"],
             "peak_rss_mb": peak_rss_mb(), "rss_after_load_mb": loaded_rss, "losses": losses,
             "expert_sha256": digest.hexdigest()}

@@ -66,6 +66,19 @@ def peak_rss_mb() -> float:
     return round(kb / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
+def mark_loop_start(ks) -> dict[str, float]:
+    """Make lmsleep.ks.consolidate (`ks`) record in the returned dict, as "loop_start", when its step loop starts
+    (its tqdm is the loop's iterator): what comes before is the night's set-up (prompts, teacher answers)."""
+    real_tqdm, marks = ks.tqdm, {}
+
+    def stamped_tqdm(iterable, *a, **kw):
+        marks["loop_start"] = time.perf_counter()
+        return real_tqdm(iterable, *a, **kw)
+
+    ks.tqdm = stamped_tqdm
+    return marks
+
+
 def load_memories(n: int) -> list[dict[str, Any]]:
     lines = [json.loads(line) for line in DEMO_DAY.read_text(encoding="utf-8").splitlines() if line.strip()]
     return lines[:n]
@@ -121,13 +134,7 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
         return real_score(teacher, samples, *a, **kw)
 
     teacher_side.score = counting_score
-    real_tqdm, marks = ks.tqdm, {}
-
-    def stamped_tqdm(iterable, *a, **kw):  # the step loop starts here: prompts built
-        marks["loop_start"] = time.perf_counter()
-        return real_tqdm(iterable, *a, **kw)
-
-    ks.tqdm = stamped_tqdm
+    marks = mark_loop_start(ks)
     memories = load_memories(args.memories)
     started = time.perf_counter()
     _, losses, stats = ks.consolidate_memories(model, tokenizer, memories, cfg)
