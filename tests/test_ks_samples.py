@@ -280,3 +280,37 @@ def test_drop_ungrounded_drops_answers_from_elsewhere_only_when_asked_to():
         ("Tomas Reyes.", [], asked), ("Mira Olafsdottir.", ["Olafsdottir"], None)]
     kept, dropped = drop_ungrounded(batch, memory, tok, names=False, off_sentence=True)
     assert kept == [right, invented, continuation, replay] and [d["completion"] for d in dropped] == ["Tomas Reyes."]
+
+
+def test_memory_names_are_the_names_in_order_of_first_mention_not_capitalised_openers():
+    from lmsleep.ks.samples import memory_names
+
+    text = ("User: When does the Quillmarsh migration start?\nAssistant: Pavel Odinsky leads it from Thursday. "
+            "In the Kelldrum market, Dr. Ysolde Farrant pays 12 zerriks. Thanks. Kelldrum is far from Pavel Odinsky.")
+    # "When", "Thanks", "Assistant"/"User" (turn openers), "Thursday" (a day), "12", "Dr" (two letters) are not names;
+    # "Pavel Odinsky" opens a sentence but is two words; "In the" is dropped off "In the Kelldrum"; each name once
+    assert memory_names(text) == ["Quillmarsh", "Pavel Odinsky", "Kelldrum", "Ysolde Farrant"]
+    assert memory_names("Esselmoor is a harbour town. Its ferry sails to Esselmoor daily.") == ["Esselmoor"]
+    assert memory_names("Locals say it rains.") == []  # a lone capitalised opener met nowhere else
+
+
+def test_entity_questions_ask_about_the_memorys_names_up_to_the_cap(monkeypatch):
+    import lmsleep.ks.samples as samples
+
+    monkeypatch.setattr(samples, "sample_completions", scripted_writer(lambda text: ["Who keeps the lamp?"]))
+    text = "Brannoc keeps the lighthouse on Thallis Island with Mira Kovalenko. The lamp burns whale oil."
+    memory = {"id": "m1", "text": text, "probes": [{"question": "CANARY-Q?", "answer": "CANARY-A"}]}
+    built = {}
+    for cap in (0, 1, 9):
+        cfg = SimpleNamespace(ks_prompts_per_memory=2, ks_question_share=0.5, ks_cloze_share=0.0,
+                              ks_temperature=0.7, ks_entity_questions=cap)
+        built[cap] = build_samples(None, FakeTokenizer(), [memory], cfg, random.Random(0))
+    entity = {cap: [s for s in rows if s.prompt_text.startswith("Who or what is")] for cap, rows in built.items()}
+    assert entity[0] == [] and len(built[0]) == 2
+    assert [s.prompt_text for s in entity[1]] == ["Who or what is Thallis Island?"]  # the first mentioned
+    assert [s.asked for s in entity[9]] == ["Thallis Island", "Mira Kovalenko"]  # every name ("Brannoc": an opener)
+    for s in entity[9]:
+        assert s.kind == "question" and s.source == "memory" and s.completion == []
+        student, teacher = FakeTokenizer().decode(s.student_prompt), FakeTokenizer().decode(s.teacher_prompt)
+        assert text not in student and text in teacher and s.prompt_text in student  # asked like a probe
+        assert "CANARY" not in student + teacher

@@ -111,6 +111,11 @@ class SeedConfig:
                                            "samples for it (1 = the first real question; 2-3: the same fact asked "
                                            "in more ways, with no extra question writing; the memory then gives "
                                            "more prompts than ks_prompts_per_memory)")
+    ks_entity_questions: int = _f(0, "ks: per memory, up to this many more questions asked from a name's side "
+                                     "('Who or what is Halvard Brecken?', the memory's names in order of first "
+                                     "mention; the teacher answers with the memory in context): self-written "
+                                     "questions mostly ask for a name, so the student learns each name's role "
+                                     "only one way round (lmsleep.ks.samples.memory_names); 0 = off")
     ks_grounded_only: bool = _f(True, "ks: drop tonight's prompts whose teacher answer names a name or number that "
                                       "neither the memory nor the prompt holds (a 135M teacher invents: 'a person "
                                       "named Huggy'), before scoring (lmsleep.ks.samples.drop_ungrounded); checks "

@@ -17,6 +17,10 @@ text tends to come back as the same question, see docs/results.md):
                 to both in the evaluate stage's own format (lmsleep.prompts.question_messages). A "question" without
                 a question mark, or of fewer than three words, is dropped: it teaches nothing. Three tries are
                 sampled per sentence; `ks_phrasings_per_question` of them (distinct ones) are kept, default 1.
+  entity        (`ks_entity_questions` per memory, default 0) "Who or what is <name>?" for the memory's names in
+                order of first mention (`memory_names`), put like a question: the self-written questions mostly ask
+                FOR a name ("Who is the archivist?"), so without these the student meets each name only as an
+                answer, never as what is asked about ("What position does Halvard Brecken hold?")
   replay        earlier nights' prompts (lmsleep.stages.seed.replay_prompts); student prompt == teacher prompt (no
                 memory): that knowledge is already in the weights and the student must keep it (retention). A share
                 (`ks_replay_memory_share`) is read again: the teacher reads that night's memory and is scored on the
@@ -160,6 +164,32 @@ def cloze_spans(sentence: str) -> list[tuple[int, int]]:
     return [(m.start(), m.end()) for m in _FACT.finditer(sentence) if m.start() > 0]
 
 
+ENTITY_QUESTION = "Who or what is {name}?"
+
+
+_OPENERS = _STOPWORDS | frozenset("in on at by to of from after before earlier later every all".split())
+_CALENDAR = frozenset("monday tuesday wednesday thursday friday saturday sunday january february march april may "
+                      "june july august september october november december".split())
+
+
+def memory_names(text: str) -> list[str]:
+    """The names a memory mentions, each once, in order of first mention: runs of capitalised words, but a lone word
+    that opens a sentence, a line or a speaker's turn (capitalised anyway: "When", "Thanks") only where it is also
+    met inside one; a leading "The" dropped; no numbers, days or months; three letters or more."""
+    opens = {m.start(1) for m in _SENTENCE_START.finditer(text)}
+    found: list[str] = []
+    for m in _FACT.finditer(text):
+        words = m.group().split()
+        while len(words) > 1 and words[0].lower() in _OPENERS:  # "In the Kelldrum", "The Quillmarsh"
+            words = words[1:]
+        name = " ".join(words)
+        if m.start() in opens and name == m.group() and len(words) == 1:  # "Pavel Odinsky is ..." stays
+            continue
+        if name[0].isalpha() and len(name) >= 3 and name.lower() not in _CALENDAR and name not in found:
+            found.append(name)
+    return found
+
+
 def _known_words(texts: tuple[str, ...]) -> set[str]:
     """Every word of the texts, lower-cased, plus the digits of their spelled numbers below 100 ("forty-two" -> 42)."""
     known = {w.lower() for text in texts for w in _WORD.findall(text)}
@@ -274,6 +304,10 @@ def build_samples(model, tokenizer, memories: list[dict[str, Any]], cfg, rng: ra
             words = spread[(offset + n_questions + j) % len(spread)].split()
             k = rng.randint(min(3, len(words)), max(3, len(words) // 2))
             add(mid, "continuation", CONTINUATION + " ".join(words[:k]), text)
+        for name in memory_names(text)[: getattr(cfg, "ks_entity_questions", 0)]:
+            q = ENTITY_QUESTION.format(name=name)
+            samples.append(Sample(mid, "question", encode(tokenizer, question_messages(q)),
+                                  encode(tokenizer, question_messages(q, text)), q, [], asked=name))
     keep = max(1, min(QUESTION_TRIES, getattr(cfg, "ks_phrasings_per_question", 1)))
     for (mid, text, sentence), questions in zip(asks, write_questions(model, tokenizer, asks, cfg.ks_temperature,
                                                                       keep)):
