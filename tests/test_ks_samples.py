@@ -314,3 +314,41 @@ def test_entity_questions_ask_about_the_memorys_names_up_to_the_cap(monkeypatch)
         student, teacher = FakeTokenizer().decode(s.student_prompt), FakeTokenizer().decode(s.teacher_prompt)
         assert text not in student and text in teacher and s.prompt_text in student  # asked like a probe
         assert "CANARY" not in student + teacher
+
+
+def test_source_sentence_follows_a_drifted_question_and_keeps_the_asked_one_on_ties():
+    from lmsleep.ks.samples import source_sentence
+
+    memory = ("The Grey Heron sails each morning to Thallis Island. It is captained by Mira Kovalenko. "
+              "The guild's archivist is Lotte Amsel.")
+    asked = "The Grey Heron sails each morning to Thallis Island."
+    assert source_sentence("Where does the Grey Heron sail?", asked, memory) == asked
+    # written about the sailing, asked about the captain: the captain's sentence shares more words
+    assert source_sentence("Who captained it, Mira?", asked, memory) == "It is captained by Mira Kovalenko."
+    assert source_sentence("Who is there?", asked, memory) == asked  # nothing shared: the asked sentence
+
+
+def test_teacher_hint_adds_the_source_sentence_to_the_teachers_prompt_only(monkeypatch):
+    import lmsleep.ks.samples as samples
+    from lmsleep.prompts import question_messages
+
+    memory_text = "Lotte Amsel keeps the guild's archive. Halvard Brecken keeps the guild's money."
+    memory = {"id": "m1", "text": memory_text, "probes": [{"question": "CANARY-Q?", "answer": "CANARY-A"}]}
+    monkeypatch.setattr(samples, "sample_completions",
+                        scripted_writer(lambda text: ["Who keeps the guild's archive?"]))
+    tok = FakeTokenizer()
+    built = {}
+    for hint in (False, True):
+        cfg = SimpleNamespace(ks_prompts_per_memory=2, ks_question_share=1.0, ks_cloze_share=0.0,
+                              ks_temperature=0.7, ks_teacher_hint=hint)
+        built[hint] = [s for s in build_samples(None, tok, [memory], cfg, random.Random(0)) if s.kind == "question"]
+    assert len(built[True]) == len(built[False]) == 2
+    for plain, hinted in zip(built[False], built[True]):
+        assert hinted.student_prompt == plain.student_prompt and hinted.prompt_text == plain.prompt_text
+        assert plain.teacher_prompt == tok("|".join(m["content"] for m in question_messages(
+            plain.prompt_text, memory_text)), add_special_tokens=False)["input_ids"]
+        teacher = tok.decode(hinted.teacher_prompt)
+        # the memory first (its cached prefix is shared), then the sentence the question is about, then the question
+        assert teacher.startswith(tok.decode(plain.teacher_prompt).split("\n\n")[0] + "\n\n" + samples.HINT)
+        assert samples.HINT + "Lotte Amsel keeps the guild's archive." in teacher
+        assert "CANARY" not in teacher

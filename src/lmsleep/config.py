@@ -116,6 +116,12 @@ class SeedConfig:
                                      "mention; the teacher answers with the memory in context): self-written "
                                      "questions mostly ask for a name, so the student learns each name's role "
                                      "only one way round (lmsleep.ks.samples.memory_names); 0 = off")
+    ks_teacher_hint: bool = _f(False, "ks: the teacher of a self-written question reads, after the memory, the "
+                                      "sentence it was written about (or the memory's sentence the question "
+                                      "shares most words with): the 135M teacher answers from the wrong sentence "
+                                      "about as often as from the right one ('the archivist is' the treasurer), "
+                                      "and the student learns what its teacher says; the student's prompt is "
+                                      "unchanged (lmsleep.ks.samples.hinted_memory)")
     ks_grounded_only: bool = _f(True, "ks: drop tonight's prompts whose teacher answer names a name or number that "
                                       "neither the memory nor the prompt holds (a 135M teacher invents: 'a person "
                                       "named Huggy'), before scoring (lmsleep.ks.samples.drop_ungrounded); checks "

@@ -17,6 +17,8 @@ text tends to come back as the same question, see docs/results.md):
                 to both in the evaluate stage's own format (lmsleep.prompts.question_messages). A "question" without
                 a question mark, or of fewer than three words, is dropped: it teaches nothing. Three tries are
                 sampled per sentence; `ks_phrasings_per_question` of them (distinct ones) are kept, default 1.
+                With `ks_teacher_hint`, the teacher reads the question's sentence once more after the memory
+                ("The answer is in this sentence: ..."; `hinted_memory`): the student's prompt is the same.
   entity        (`ks_entity_questions` per memory, default 0) "Who or what is <name>?" for the memory's names in
                 order of first mention (`memory_names`), put like a question: the self-written questions mostly ask
                 FOR a name ("Who is the archivist?"), so without these the student meets each name only as an
@@ -250,6 +252,27 @@ def answers_elsewhere(completion: str, asked: str, prompt: str, memory: str = ""
     return all(expected) and not any(words & said for words in expected)
 
 
+HINT = "The answer is in this sentence: "
+
+
+def source_sentence(question: str, asked: str, memory: str) -> str:
+    """The sentence of `memory` a question is about: the one it was written about (`asked`), unless another shares
+    more of its content words (the 135M writer lets a question drift: "Who captains the Grey Heron?", written about
+    the sentence on where it sails)."""
+    words = _content_words(question)
+    best, most = asked, len(_content_words(asked) & words)
+    for sentence in sentences(memory):
+        if len(_content_words(sentence) & words) > most:
+            best, most = sentence, len(_content_words(sentence) & words)
+    return best
+
+
+def hinted_memory(memory: str, question: str, asked: str) -> str:
+    """The teacher's context for a self-written question with seed.ks_teacher_hint: the memory, then the sentence
+    that answers it (`source_sentence`), so the teacher copies from there instead of a neighbouring sentence."""
+    return f"{memory.strip()}\n\n{HINT}{source_sentence(question, asked, memory)}"
+
+
 def drop_ungrounded(samples: list[Sample], memories: dict[str, str], tokenizer, names: bool = True,
                     off_sentence: bool = False) -> tuple[list[Sample], list[dict]]:
     """(kept, dropped): tonight's memory prompts whose teacher y names something the memory and the prompt do not
@@ -312,8 +335,9 @@ def build_samples(model, tokenizer, memories: list[dict[str, Any]], cfg, rng: ra
     for (mid, text, sentence), questions in zip(asks, write_questions(model, tokenizer, asks, cfg.ks_temperature,
                                                                       keep)):
         for q in questions:
+            read = hinted_memory(text, q, sentence) if getattr(cfg, "ks_teacher_hint", False) else text
             samples.append(Sample(mid, "question", encode(tokenizer, question_messages(q)),
-                                  encode(tokenizer, question_messages(q, text)), q, [], asked=sentence))
+                                  encode(tokenizer, question_messages(q, read)), q, [], asked=sentence))
     return samples + replay_samples(tokenizer, replay or []) + anchor_samples(tokenizer, anchors or [])
 
 
