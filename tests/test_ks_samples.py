@@ -352,3 +352,25 @@ def test_teacher_hint_adds_the_source_sentence_to_the_teachers_prompt_only(monke
         assert teacher.startswith(tok.decode(plain.teacher_prompt).split("\n\n")[0] + "\n\n" + samples.HINT)
         assert samples.HINT + "Lotte Amsel keeps the guild's archive." in teacher
         assert "CANARY" not in teacher
+
+
+def test_on_topic_questions_must_share_a_word_of_the_memory_and_the_writer_tries_again(monkeypatch):
+    import lmsleep.ks.samples as samples
+    from lmsleep.ks.samples import on_topic, write_questions
+
+    memory = "Brannoc keeps the lamp of the Thallis lighthouse. He paints the tower blue."
+    topic = on_topic(memory)
+    assert {"brannoc", "lamp", "tower", "blue"} <= topic
+    assert not {"name", "place", "number", "sentence", "question", "answer"} & topic  # the instruction's words
+    # echoing the instruction or asking nothing of the memory is no question; naming its lamp is
+    tries = ["What is a name, place or number in this sentence?", "Can you help me with that?",
+             "Who keeps the lamp?"]
+    assert samples.distinct_questions(tries, 1) == ["What is a name, place or number in this sentence?"]
+    assert samples.distinct_questions(tries, 1, topic) == ["Who keeps the lamp?"]
+
+    asks = [("m1", memory, "Brannoc keeps the lamp of the Thallis lighthouse.")]
+    for on_topic_only, expected, rounds in ((False, tries[0], 1), (True, "Who keeps the lamp?", 3)):
+        calls = []  # a fresh writer: its k-th reply to a prompt is tries[k]
+        monkeypatch.setattr(samples, "sample_completions", scripted_writer(lambda text: tries, calls))
+        assert write_questions(None, FakeTokenizer(), asks, 0.7, 1, on_topic_only) == [[expected]]
+        assert len(calls) == rounds  # off-topic tries count as missing: asked again, up to 3 tries

@@ -116,6 +116,11 @@ class SeedConfig:
                                      "mention; the teacher answers with the memory in context): self-written "
                                      "questions mostly ask for a name, so the student learns each name's role "
                                      "only one way round (lmsleep.ks.samples.memory_names); 0 = off")
+    ks_on_topic_questions: bool = _f(False, "ks: a self-written question counts (else the writer is asked again, "
+                                            "up to 3 tries) only if it shares a content word with its memory "
+                                            "beyond the writing instruction's own: a quarter of the demo night's "
+                                            "were 'Can you help me with that?', 'What is a Name?', answered by the "
+                                            "teacher with some fact of the memory (lmsleep.ks.samples.on_topic)")
     ks_teacher_hint: bool = _f(False, "ks: the teacher of a self-written question reads, after the memory, the "
                                       "sentence it was written about (or the memory's sentence the question "
                                       "shares most words with): the 135M teacher answers from the wrong sentence "

@@ -148,17 +148,26 @@ def clean_question(text: str) -> str | None:
     return line if len(line.split()) >= 3 else None
 
 
-def distinct_questions(tries: list[str], keep: int) -> list[str]:
+def distinct_questions(tries: list[str], keep: int, topic: frozenset[str] | None = None) -> list[str]:
     """The first `keep` real questions among the sampled tries, in order, none a repeat of another (after the
-    grader's normalisation)."""
+    grader's normalisation); with `topic` (`on_topic`'s words), only questions that share one of its words."""
     kept: list[str] = []
     for text in tries:
         q = clean_question(text)
+        if q is not None and topic is not None and not _content_words(q) & topic:
+            continue
         if q is not None and normalize(q) not in {normalize(k) for k in kept}:
             kept.append(q)
         if len(kept) == keep:
             break
     return kept
+
+
+def on_topic(memory: str) -> frozenset[str]:
+    """The words a question about `memory` should share with it (seed.ks_on_topic_questions): the memory's content
+    words, less those of the writing instruction ("name", "place", "number", "sentence", "question"...), which a
+    question may echo without asking anything of the memory."""
+    return frozenset(_content_words(memory) - _content_words(question_instruction("")))
 
 
 def cloze_spans(sentence: str) -> list[tuple[int, int]]:
@@ -332,8 +341,9 @@ def build_samples(model, tokenizer, memories: list[dict[str, Any]], cfg, rng: ra
             samples.append(Sample(mid, "question", encode(tokenizer, question_messages(q)),
                                   encode(tokenizer, question_messages(q, text)), q, [], asked=name))
     keep = max(1, min(QUESTION_TRIES, getattr(cfg, "ks_phrasings_per_question", 1)))
+    on_topic_only = getattr(cfg, "ks_on_topic_questions", False)
     for (mid, text, sentence), questions in zip(asks, write_questions(model, tokenizer, asks, cfg.ks_temperature,
-                                                                      keep)):
+                                                                      keep, on_topic_only)):
         for q in questions:
             read = hinted_memory(text, q, sentence) if getattr(cfg, "ks_teacher_hint", False) else text
             samples.append(Sample(mid, "question", encode(tokenizer, question_messages(q)),
@@ -342,15 +352,17 @@ def build_samples(model, tokenizer, memories: list[dict[str, Any]], cfg, rng: ra
 
 
 def write_questions(model, tokenizer, asks: list[tuple[str, str, str]], temperature: float,
-                    keep: int) -> list[list[str]]:
+                    keep: int, on_topic_only: bool = False) -> list[list[str]]:
     """Per ask (memory id, memory text, sentence), up to `keep` distinct questions the model writes about the
-    sentence with the memory in context, from at most QUESTION_TRIES samples each (one at temperature 0).
+    sentence with the memory in context, from at most QUESTION_TRIES samples each (one at temperature 0); with
+    `on_topic_only`, a try that shares no word with its memory (`on_topic`) is no question.
 
     Sampled in rounds: each round asks again only where questions are still missing, as many samples as are
     missing; the first real questions of i.i.d. tries win, as when all QUESTION_TRIES were sampled up front. Most
     first tries are questions: the demo night decodes 128 sequences instead of 216 and takes a fifth less time (its
     generate calls are capped by KV-cache tokens, so their number barely falls; docs/results.md)."""
     chats = [encode(tokenizer, messages(question_instruction(sentence), text)) for _, text, sentence in asks]
+    topics = [on_topic(text) if on_topic_only else None for _, text, _ in asks]
     tries: list[list[str]] = [[] for _ in asks]
     kept: list[list[str]] = [[] for _ in asks]
     most = QUESTION_TRIES if temperature > 0 else 1  # greedy decoding writes the same text every time it is asked
@@ -364,7 +376,7 @@ def write_questions(model, tokenizer, asks: list[tuple[str, str, str]], temperat
         for i, y in zip(rows, written):
             tries[i].append(tokenizer.decode(y, skip_special_tokens=True))
         for i in set(rows):
-            kept[i] = distinct_questions(tries[i], keep)
+            kept[i] = distinct_questions(tries[i], keep, topics[i])
 
 
 def reading_twins(samples: list[Sample], share: float, rng: random.Random,

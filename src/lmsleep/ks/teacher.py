@@ -41,6 +41,7 @@ CACHE_FORMAT = 1
 # the SeedConfig fields that decide the prompts, the teacher completions and the cached log-probs
 CACHE_FIELDS = ("seed", "ks_prompts_per_memory", "ks_question_share", "ks_cloze_share", "ks_phrasings_per_question",
                 "ks_entity_questions", "ks_teacher_hint",
+                "ks_on_topic_questions",
                 "ks_temperature", "ks_teacher_temperature", "ks_max_new_tokens", "ks_teacher_topk", "ks_grounded_only",
                 "ks_asked_sentence_only")
 
