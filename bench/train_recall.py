@@ -45,6 +45,13 @@ def y_facts(question: str, y: str) -> list[str]:
     return facts
 
 
+def recalled(answer: str, facts: list[str]) -> bool:
+    """Every fact y taught is in the answer (whole words, after the grader's normalisation)."""
+    from lmsleep.grading import contains
+
+    return bool(facts) and all(contains(answer, f) for f in facts)
+
+
 def _answers(model, tokenizer, questions: list[str], params) -> list[str]:
     from lmsleep.generation import generate_answers
     from lmsleep.prompts import question_messages
@@ -76,9 +83,6 @@ def one_seed(model_path: Path, seed: int, params, memories: list[dict[str, Any]]
     probe_answers = _answers(done.model, tokenizer, [q for q, *_ in probes], params)
     base, _ = load_base(model_path)  # the floor: what the model answered before the night
     before = _answers(base, tokenizer, [q for q, *_ in pairs], params)
-
-    def recalled(answer: str, facts: list[str]) -> bool:
-        return all(contains(answer, f) for f in facts)
 
     train_rows = [{"question": q, "teacher": y, "facts": facts, "after": a, "before": b,
                    "recalled": recalled(a, facts), "recalled_before": recalled(b, facts)}
