@@ -94,6 +94,13 @@ bench-question-stop: venv
 bench-memory-mode: venv
 	OMP_NUM_THREADS=1 $(BIN)/python bench/memory_mode.py --model smollm2 --steps 16
 
+# The demo night's KS expert asked its own training questions and the probes, without the memory: does it fail to
+# store its training facts, or to carry them to the probes' wording? (bench/train_recall.py; ~15 min a seed.)
+# Result: bench/results/train_recall.json.
+.PHONY: bench-train-recall
+bench-train-recall: venv
+	OMP_NUM_THREADS=1 $(BIN)/python bench/train_recall.py --model smollm2 --seeds 0,1,2
+
 # Benchmarks (`lmsleep bench`, src/lmsleep/bench/): methods x seeds on the same data, graded like the evaluate stage.
 # Results: bench/results/<name>.json (per seed and aggregated: mean, 95% interval), .md table, .png plots; W&B offline.
 # bench-quality is issue 3's (-> seed_quality.json); bench-squad is SEAL's SQuAD protocol on its first 3 passages

@@ -485,3 +485,23 @@ def test_minimising_the_combined_loss_ascends_the_papers_objective():
     with torch.no_grad():
         student -= 0.1 * student.grad
     assert paper_objective(student).item() > before
+
+
+def test_hard_labels_mix_the_divergence_with_cross_entropy_on_the_teachers_y():
+    import pytest
+    import torch
+
+    from lmsleep.ks.divergence import with_hard_labels
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(5, 11), torch.randint(0, 11, (5,))
+    distill = torch.tensor(0.7)
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    assert with_hard_labels(distill, logits, labels, 0.0) is distill  # off: the divergence untouched
+    assert torch.allclose(with_hard_labels(distill, logits, labels, 1.0), ce)
+    assert torch.allclose(with_hard_labels(distill, logits, labels, 0.25), 0.75 * distill + 0.25 * ce)
+    grad_logits = logits.clone().requires_grad_(True)
+    with_hard_labels(distill, grad_logits, labels, 0.5).backward()
+    assert grad_logits.grad.abs().sum() > 0  # the hard term trains the student
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        with_hard_labels(distill, logits, labels, 1.5)

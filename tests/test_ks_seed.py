@@ -879,3 +879,20 @@ def test_the_benchmarks_fast_memory_settings_train_the_same_night_bit_for_bit(ni
     assert lean_adapter.keys() == fast_adapter.keys()
     assert all(torch.equal(lean_adapter[k], fast_adapter[k]) for k in lean_adapter)
     assert any(v.abs().sum() > 0 for k, v in fast_adapter.items() if "lora_B" in k)  # the night trained
+
+
+def test_hard_labels_change_the_nights_loss_and_still_train_only_the_new_expert(tmp_path, tmp_path_factory):
+    """seed.ks_hard_label_weight: the same night (same prompts, same teacher y) trained with cross-entropy on y mixed
+    in has other losses from its first step, and the base weights stay bit-identical on disk."""
+    losses = {}
+    for weight in (0.0, 1.0):
+        params, ws = tiny_workspace(tmp_path / str(weight), tmp_path_factory.getbasetemp() / "tiny-cache-ks")
+        write_jsonl(ws.night_data(params.night.id) / "accepted.jsonl", [memory(i) for i in range(3)])
+        base_file = ws.base_model("tiny") / "model.safetensors"
+        base_before = load_file(base_file)
+        seed.run(ks_params(params, ks_hard_label_weight=weight), ws)
+        assert all(torch.equal(v, load_file(base_file)[k]) for k, v in base_before.items())
+        log = json.loads((ws.night_model(params.night.id) / "train_log.json").read_text())
+        losses[weight] = log["losses"]
+        assert all(math.isfinite(x) for x in losses[weight])
+    assert losses[0.0][0] != pytest.approx(losses[1.0][0])  # cross-entropy on y, not the divergence alone

@@ -115,18 +115,23 @@ class SeedConfig:
                                      "('Who or what is Halvard Brecken?', the memory's names in order of first "
                                      "mention; the teacher answers with the memory in context): self-written "
                                      "questions mostly ask for a name, so the student learns each name's role "
-                                     "only one way round (lmsleep.ks.samples.memory_names); 0 = off")
+                                     "only one way round (lmsleep.ks.samples.memory_names); 0 = off. Demo "
+                                     "night, 3 seeds, 4: 23.6% against 31.9%, the 135M teacher answers a bare "
+                                     "name with inventions (docs/results.md)")
     ks_on_topic_questions: bool = _f(False, "ks: a self-written question counts (else the writer is asked again, "
                                             "up to 3 tries) only if it shares a content word with its memory "
                                             "beyond the writing instruction's own: a quarter of the demo night's "
                                             "were 'Can you help me with that?', 'What is a Name?', answered by the "
-                                            "teacher with some fact of the memory (lmsleep.ks.samples.on_topic)")
+                                            "teacher with some fact of the memory (lmsleep.ks.samples.on_topic). "
+                                            "Demo night, 3 seeds: 26.4% against 31.9%, lower in every seed: those "
+                                            "answers teach the memory's facts too (docs/results.md)")
     ks_teacher_hint: bool = _f(False, "ks: the teacher of a self-written question reads, after the memory, the "
                                       "sentence it was written about (or the memory's sentence the question "
                                       "shares most words with): the 135M teacher answers from the wrong sentence "
                                       "about as often as from the right one ('the archivist is' the treasurer), "
                                       "and the student learns what its teacher says; the student's prompt is "
-                                      "unchanged (lmsleep.ks.samples.hinted_memory)")
+                                      "unchanged (lmsleep.ks.samples.hinted_memory). Demo night, 3 seeds: 27.8% "
+                                      "against 31.9%, the hint's wording leaks into the answers (docs/results.md)")
     ks_grounded_only: bool = _f(True, "ks: drop tonight's prompts whose teacher answer names a name or number that "
                                       "neither the memory nor the prompt holds (a 135M teacher invents: 'a person "
                                       "named Huggy'), before scoring (lmsleep.ks.samples.drop_ungrounded); checks "
@@ -145,6 +150,11 @@ class SeedConfig:
     ks_divergence: str = _f("forward_kl", "ks: token-level divergence: forward_kl | reverse_kl | jsd (forward KL "
                                           "learns new facts: JSD saturates where the student gives the teacher's "
                                           "token almost no mass; docs/results.md)")
+    ks_hard_label_weight: float = _f(0.0, "ks: loss = (1 - w) x the divergence + w x cross-entropy on the "
+                                          "teacher's own y (sequence-level distillation): the student is pulled to "
+                                          "the teacher's greedy answer, not only to its uncertainty about it "
+                                          "(lmsleep.ks.divergence.with_hard_labels); steps with on-policy rows keep "
+                                          "the divergence alone; 0 = off")
     ks_beta: float = _f(0.5, "ks: generalized JSD beta (weight of the teacher; 0 = forward KL, 1 = reverse KL)")
     ks_alpha: float = _f(1.0, "ks: loss = alpha * distillation + (1 - alpha) * LTI REINFORCE; 1.0 = pure "
                               "distillation (the fast default; 0.8 adds Learning to Imitate at ~2x the time)")

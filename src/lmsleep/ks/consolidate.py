@@ -62,7 +62,7 @@ from lmsleep.allocator import return_freed_memory
 from lmsleep.cms import CMSConfig, LevelSpec, wrap_model
 from lmsleep.distributed import my_rows, process_group
 from lmsleep.ks import teacher as teacher_side
-from lmsleep.ks.divergence import generalized_distillation_loss
+from lmsleep.ks.divergence import generalized_distillation_loss, with_hard_labels
 from lmsleep.ks.imitation import (combined_ks_objective, completion_logprobs, group_normalised_advantages,
                                   imitation_reward, random_prefix_split, reinforce_loss)
 from lmsleep.ks.rollout import checkpointed_layers, completion_logits, sample_completions
@@ -143,8 +143,11 @@ def distillation_loss(cms, tokenizer, batch: list[Sample], cfg, level: str, inde
         if rows:
             with checkpointed_layers(cms, cfg.ks_activation_checkpointing):
                 student = completion_logits(cms, [(s.student_prompt, s.completion) for s in rows], pad)
-            loss = generalized_distillation_loss(teacher_side.teacher_target(rows, device),
-                                                 torch.cat(student)[None], None, cfg.ks_divergence, cfg.ks_beta)
+            logits = torch.cat(student)
+            loss = generalized_distillation_loss(teacher_side.teacher_target(rows, device), logits[None], None,
+                                                 cfg.ks_divergence, cfg.ks_beta)
+            hard = getattr(cfg, "ks_hard_label_weight", 0.0) if not fresh else 0.0  # the teacher's own y only
+            loss = with_hard_labels(loss, logits, torch.tensor([t for s in rows for t in s.completion]), hard)
         else:  # a batch smaller than the world: this process adds nothing but still joins the gradient sum
             loss = torch.zeros((), device=device, requires_grad=True)
         if world > 1:

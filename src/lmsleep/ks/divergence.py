@@ -156,6 +156,20 @@ def generalized_distillation_loss(
     return reduce_tokens(per_token, mask)
 
 
+def with_hard_labels(distill: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor,
+                     weight: float) -> torch.Tensor:
+    """(1 - weight) * distill + weight * the student's mean cross-entropy on `labels` (the teacher's own y, token for
+    token: sequence-level distillation). Forward KL matches the teacher's whole distribution, so where a 135M teacher
+    reading the memory is unsure of a name, so is the student, and greedy decoding picks another; the hard labels
+    pull the student to the teacher's greedy answer. student_logits [tokens, vocab], labels [tokens]."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"hard-label weight must be in [0, 1], got {weight}")
+    if weight == 0.0:
+        return distill
+    hard = torch.nn.functional.cross_entropy(student_logits.float(), labels.to(student_logits.device))
+    return (1.0 - weight) * distill + weight * hard
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------------------------------
