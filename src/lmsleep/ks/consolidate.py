@@ -147,7 +147,8 @@ def distillation_loss(cms, tokenizer, batch: list[Sample], cfg, level: str, inde
             loss = generalized_distillation_loss(teacher_side.teacher_target(rows, device), logits[None], None,
                                                  cfg.ks_divergence, cfg.ks_beta)
             hard = getattr(cfg, "ks_hard_label_weight", 0.0) if not fresh else 0.0  # the teacher's own y only
-            loss = with_hard_labels(loss, logits, torch.tensor([t for s in rows for t in s.completion]), hard)
+            if hard > 0.0:
+                loss = with_hard_labels(loss, logits, torch.tensor([t for s in rows for t in s.completion]), hard)
         else:  # a batch smaller than the world: this process adds nothing but still joins the gradient sum
             loss = torch.zeros((), device=device, requires_grad=True)
         if world > 1:
