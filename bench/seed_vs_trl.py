@@ -30,8 +30,11 @@ What runs, each method in its OWN subprocess, back to back (so each peak RSS is 
 Tokens (same definition for both): on-policy completion tokens, i.e. tokens the student sampled that the teacher
 then scored and the student was trained on. tokens/s = those tokens / wall seconds of the consolidation itself
 (ours: the whole consolidate_memories call, prompt building included; TRL: trainer.train(); model loading excluded
-from both). `ours_setup_s` is ours' time before its first step (writing its questions) and `ours_loop_tokens_per_s`
-the rate of its step loop alone. Peak RSS: each subprocess's ru_maxrss (whole process, model load included).
+from both). `ours_setup_s` is ours' time before its first step (writing its questions, and at lambda 0 the teacher
+writing and scoring every y) and `ours_loop_tokens_per_s` the rate of its step loop alone. `ours_question_writing_s`
+is the part of it spent writing its own questions (`lmsleep.ks.samples.write_questions`), which TRL is handed:
+`speedup_given_prompts` compares the two on the same prompts with that part left out of ours' wall time (the
+headline `speedup` keeps it in). Peak RSS: each subprocess's ru_maxrss (whole process, model load included).
 Malloc: ours fixes glibc's mmap threshold from its train_student on (seed.ks_return_freed_memory_kb, default 256 KB,
 lmsleep.allocator); the `load` and `trl` processes get the same setting from their start, so every peak is measured
 under the same malloc. `--return-freed-memory-kb 0` runs all three on glibc's default.
@@ -113,6 +116,7 @@ def child_load(args: argparse.Namespace) -> dict[str, Any]:
 
 def child_ours(args: argparse.Namespace) -> dict[str, Any]:
     import lmsleep.ks.consolidate as ks
+    import lmsleep.ks.samples as ks_samples
     import lmsleep.ks.teacher as teacher_side
     from lmsleep.config import SeedConfig
     from lmsleep.models import load_base
@@ -127,13 +131,36 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
                      ks_activation_checkpointing=args.activation_checkpointing == "on",
                      ks_return_freed_memory_kb=args.return_freed_memory_kb)  # applied where the product applies it
     counted = {"tokens": 0}
-    real_score = teacher_side.score
+    real_score, real_write, real_drop = teacher_side.score, teacher_side.write_completions, ks.drop_ungrounded
 
-    def counting_score(teacher, samples, *a, **kw):  # every fresh y (student's or teacher's) is scored here once
+    def counting_score(teacher, samples, *a, **kw):  # fresh y the writer did not score (on-policy ones): here
         counted["tokens"] += sum(len(s.completion) for s in samples if s.completion and not s.scored)
         return real_score(teacher, samples, *a, **kw)
 
-    teacher_side.score = counting_score
+    def counting_write(teacher, tokenizer, samples, cfg):  # a greedy teacher scores each y as it writes it
+        todo = [s for s in samples if not s.completion]
+        done = real_write(teacher, tokenizer, samples, cfg)
+        counted["tokens"] += sum(len(s.completion) for s in todo if s.scored)
+        return done
+
+    def counting_drop(samples, *a, **kw):  # a dropped (ungrounded) y is not trained on: not counted
+        kept, dropped = real_drop(samples, *a, **kw)
+        counted["tokens"] -= sum(len(s.completion) for s in samples if s.scored and s not in kept)
+        return kept, dropped
+
+    teacher_side.score, teacher_side.write_completions = counting_score, counting_write
+    ks.drop_ungrounded = counting_drop
+    writing = {"s": 0.0}
+    real_write = ks_samples.write_questions
+
+    def timed_write(*a, **kw):  # the prompts ours writes for itself; TRL is handed them (--prompts-file)
+        began = time.perf_counter()
+        try:
+            return real_write(*a, **kw)
+        finally:
+            writing["s"] += time.perf_counter() - began
+
+    ks_samples.write_questions = timed_write
     marks = mark_loop_start(ks)
     memories = load_memories(args.memories)
     started = time.perf_counter()
@@ -143,7 +170,8 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
     prompts = [{"prompt": t["prompt"], "memory_id": t["memory_id"], "kind": t["kind"], "memory": texts[t["memory_id"]]}
                for t in stats["train_texts"] if t["kind"] != "on-policy"]
     setup = marks.get("loop_start", started) - started
-    return {"tokens": counted["tokens"], "wall_s": round(wall, 3), "setup_s": round(setup, 3), "steps": len(losses),
+    return {"tokens": counted["tokens"], "wall_s": round(wall, 3), "setup_s": round(setup, 3),
+            "question_writing_s": round(writing["s"], 3), "steps": len(losses),
             "peak_rss_mb": peak_rss_mb(), "prompts": prompts, "final_loss": losses[-1] if losses else None}
 
 
@@ -264,6 +292,8 @@ def bench_model(args: argparse.Namespace) -> dict[str, Any]:
     trl_tps = trl["tokens"] / trl["wall_s"] if trl["wall_s"] else 0.0
     import trl as trl_pkg
 
+    given = ours["wall_s"] - ours["question_writing_s"]
+    ours_given_tps = ours["tokens"] / given if given > 0 else 0.0
     return {
         "ours_tokens_per_s": round(ours_tps, 2), "trl_tokens_per_s": round(trl_tps, 2),
         "speedup": round(ours_tps / trl_tps, 3) if trl_tps else None,
@@ -274,7 +304,9 @@ def bench_model(args: argparse.Namespace) -> dict[str, Any]:
         "ours_steps": ours["steps"], "trl_steps": trl["steps"],
         "ours_tokens": ours["tokens"], "trl_tokens": trl["tokens"],
         "ours_wall_s": ours["wall_s"], "trl_wall_s": trl["wall_s"],
-        "ours_setup_s": ours["setup_s"],
+        "ours_setup_s": ours["setup_s"], "ours_question_writing_s": ours["question_writing_s"],
+        "ours_tokens_per_s_given_prompts": round(ours_given_tps, 2),
+        "speedup_given_prompts": round(ours_given_tps / trl_tps, 3) if trl_tps else None,
         "ours_loop_tokens_per_s": round(ours["tokens"] / (ours["wall_s"] - ours["setup_s"]), 2)
         if ours["wall_s"] > ours["setup_s"] else None,
         "ours_final_loss": ours["final_loss"], "trl_final_loss": trl["final_loss"],
@@ -305,12 +337,15 @@ def bench_model(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
-    head = f"{'model':<22}{'ours tok/s':>11}{'trl tok/s':>11}{'speedup':>9}{'ours RSS MB':>13}{'trl RSS MB':>12}{'1 model MB':>12}"
+    head = (f"{'model':<26}{'ours tok/s':>11}{'trl tok/s':>11}{'speedup':>9}{'same prompts':>14}{'ours RSS MB':>13}"
+            f"{'trl RSS MB':>12}{'1 model MB':>12}")
     print(head)
     print("-" * len(head))
     for name, r in results.items():
-        print(f"{name:<22}{r['ours_tokens_per_s']:>11.1f}{r['trl_tokens_per_s']:>11.1f}{r['speedup'] or 0:>9.2f}"
-              f"{r['ours_peak_rss_mb']:>13.0f}{r['trl_peak_rss_mb']:>12.0f}{r['one_model_rss_mb']:>12.0f}")
+        given = r.get("speedup_given_prompts")  # entries measured before session 21 lack it
+        print(f"{name:<26}{r['ours_tokens_per_s']:>11.1f}{r['trl_tokens_per_s']:>11.1f}{r['speedup'] or 0:>9.2f}"
+              f"{given if given is not None else float('nan'):>14.2f}{r['ours_peak_rss_mb']:>13.0f}"
+              f"{r['trl_peak_rss_mb']:>12.0f}{r['one_model_rss_mb']:>12.0f}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 SCRIPT = PROJECT / "bench" / "seed_vs_trl.py"
 FIELDS = ["ours_tokens_per_s", "trl_tokens_per_s", "speedup", "ours_peak_rss_mb", "trl_peak_rss_mb",
           "one_model_rss_mb", "ours_steps", "trl_steps", "ours_tokens", "trl_tokens", "ours_wall_s", "trl_wall_s",
-          "settings"]
+          "ours_question_writing_s", "speedup_given_prompts", "settings"]
 
 
 @pytest.mark.slow
@@ -40,6 +40,12 @@ def test_tiny_bench_writes_every_field(tmp_path: Path, on_policy: str, label: st
     assert entry["ours_tokens_per_s"] > 0 and entry["trl_tokens_per_s"] > 0
     assert entry["speedup"] == pytest.approx(entry["ours_tokens_per_s"] / entry["trl_tokens_per_s"], rel=0.01)
     assert entry["ours_peak_rss_mb"] >= entry["one_model_rss_mb"] * 0.5 > 0
+    # ours writes half its prompts as questions (TRL is handed them): that time is inside its wall time, and the
+    # given-prompts rate leaves exactly it out
+    assert 0 < entry["ours_question_writing_s"] < entry["ours_wall_s"]
+    given = entry["ours_tokens"] / (entry["ours_wall_s"] - entry["ours_question_writing_s"])
+    assert entry["speedup_given_prompts"] == pytest.approx(given / entry["trl_tokens_per_s"], rel=0.02)
+    assert entry["speedup_given_prompts"] > entry["speedup"]
     assert entry["settings"]["max_new_tokens"] == 8
     assert "speedup" in run.stdout
 

@@ -142,8 +142,24 @@ def test_sampling_carries_no_grad_and_teacher_runs_once_per_sample(night, monkey
         teacher_rows.extend(todo)
         return n
 
+    real_write, real_drop = teacher_side.write_completions, ks.drop_ungrounded
+
+    def write(model, tokenizer, samples, cfg):  # a greedy teacher scores the y it writes as it writes them
+        todo = [s for s in samples if not s.completion]
+        n = real_write(model, tokenizer, samples, cfg)
+        assert n == len(todo) and all(s.scored for s in todo)
+        teacher_rows.extend(todo)
+        return n
+
+    def drop(samples, *args, **kwargs):  # a dropped prompt is not trained on: not counted as a teacher sample
+        kept, dropped = real_drop(samples, *args, **kwargs)
+        teacher_rows[:] = [s for s in teacher_rows if s in kept or s not in samples]
+        return kept, dropped
+
     monkeypatch.setattr(CMSModel, "generate", generate)
     monkeypatch.setattr(teacher_side, "score", score)
+    monkeypatch.setattr(teacher_side, "write_completions", write)
+    monkeypatch.setattr(ks, "drop_ungrounded", drop)
     summary = seed.run(params, ws)
     assert grad_during_generate and not any(grad_during_generate)
     log = json.loads((ws.night_model("n1") / "train_log.json").read_text())
@@ -437,6 +453,76 @@ def test_rows_of_several_memories_share_one_call_and_answer_as_alone(arch, monke
     assert torch.count_nonzero(keys[:2, :, :10]) == 0  # the shorter prefix is left-padded with zeros
     assert torch.equal(keys[:2, :, 10:], short.layers[0][0].expand(2, -1, -1, -1))
     assert torch.equal(keys[2:], long.layers[0][0].expand(2, -1, -1, -1))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_a_greedy_writer_records_the_log_probs_a_scoring_pass_gives(arch):
+    """write_scored: the greedy completions of sample_completions, each with the log-probs it was decoded from, equal
+    to a scoring pass over prompt + y (completion_logits) up to float rounding: rows of several memories packed in
+    one call after their cached prefixes, left-padded, stopped at different lengths, with a CMS expert acting."""
+    from test_cms import tiny_model
+
+    from lmsleep.cms import CMSConfig, LevelSpec, wrap_model
+    from lmsleep.ks import rollout
+
+    cms = wrap_model(tiny_model(arch), CMSConfig(levels=[LevelSpec(name="night", pool_size=1, rank=2)]))
+    index = cms.activate_expert("night")
+    with torch.no_grad():
+        for pool in cms.level("night").pools.values():
+            pool.B[index].normal_()
+    tokenizer = type("T", (), {"pad_token_id": 2, "eos_token_id": 1, "convert_tokens_to_ids": lambda self, t: None})()
+    memories = {"a": list(range(40, 60)), "b": list(range(20, 50))}
+    prompts = [memories["a"] + [3, 4], memories["b"] + [5], memories["a"] + [8], [7, 8, 9]]
+    groups = ["a", "b", "a", "none"]
+    greedy = rollout.sample_completions(cms, tokenizer, prompts, 0.0, 6, groups=groups)
+    for k in (0, 5):
+        written = rollout.write_scored(cms, tokenizer, prompts, 6, k, groups=groups)
+        assert [y for y, _, _ in written] == greedy
+        with torch.no_grad():
+            scored = rollout.completion_logits(cms, list(zip(prompts, greedy)), pad_id=2)
+        for (y, logprobs, ids), logits in zip(written, scored):
+            full = torch.log_softmax(logits.float(), dim=-1)
+            if k == 0:
+                assert ids is None and logprobs.shape == full.shape
+                assert torch.allclose(logprobs, full, atol=1e-4)
+            else:
+                assert logprobs.shape == ids.shape == (len(y), k)
+                assert torch.allclose(logprobs, full.gather(-1, ids), atol=1e-4)
+                assert torch.allclose(logprobs, full.topk(k, dim=-1).values, atol=1e-4)
+    with pytest.raises(ValueError, match="greedy"):
+        rollout._decode(cms, tokenizer, prompts, 0.7, 4, 1, None, (), record_topk=3)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_a_greedy_teacher_is_scored_by_its_writing_and_a_sampled_one_afterwards(temperature):
+    """write_completions at ks_teacher_temperature 0 leaves nothing for `score` (the same top-k it would keep); a
+    sampled y is left unscored for it (the sampler's warped scores are not the teacher's log-probs)."""
+    from test_cms import tiny_model
+
+    from lmsleep.ks.samples import Sample
+
+    model = tiny_model("llama").eval()
+    tokenizer = type("T", (), {"pad_token_id": 2, "eos_token_id": 1, "convert_tokens_to_ids": lambda self, t: None})()
+    head = list(range(40, 60))
+
+    def batch():
+        return [Sample("m1", "question", [1], head + [30, 31], "p", []),
+                Sample("m1", "question", [1], head + [9], "p", []),
+                Sample("m2", "continuation", [1], [5, 6, 7, 8], "p", [])]
+
+    cfg = SeedConfig(ks_teacher_temperature=temperature, ks_max_new_tokens=5, ks_teacher_topk=4)
+    written = batch()
+    torch.manual_seed(0)
+    assert teacher_side.write_completions(model, tokenizer, written, cfg) == (3 if temperature == 0 else 0)
+    assert all(s.completion for s in written)
+    rescored = batch()
+    for s, w in zip(rescored, written):
+        s.completion = list(w.completion)
+    assert teacher_side.score(model, rescored, 2, 2, 4) == 3
+    assert teacher_side.score(model, written, 2, 2, 4) == (0 if temperature == 0 else 3)
+    for a, b in zip(written, rescored):
+        assert torch.allclose(a.teacher_logprobs, b.teacher_logprobs, atol=1e-4)
+        assert torch.equal(a.teacher_ids, b.teacher_ids)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])

@@ -179,16 +179,21 @@ def _prepare_samples(cms, tokenizer, memories, cfg, level: str, index: int, repl
     loop_scores = cfg.ks_lambda > 0  # only on-policy samples are scored inside the loop
     with cms.experts_off(level, [index]):
         samples = cached or build_samples(cms, tokenizer, memories, cfg, rng, replay, anchors)
+        unscored = {id(s) for s in samples if not s.scored}
         if score_now:  # y first, holding no memory's prefix: the teacher's writing is a night's peak of memory
-            teacher_side.write_completions(cms, tokenizer, samples, cfg)
+            teacher_side.write_completions(cms, tokenizer, samples, cfg)  # a greedy teacher scores y as it writes
             on_sentence = getattr(cfg, "ks_asked_sentence_only", False)
-            if cfg.ks_grounded_only or on_sentence:  # before scoring: a dropped sample costs no teacher pass
+            if cfg.ks_grounded_only or on_sentence:  # before scoring: a dropped sample costs no scoring pass
                 texts = {str(m["id"]): training_text(m) for m in memories}
                 samples, dropped = drop_ungrounded(samples, texts, tokenizer, cfg.ks_grounded_only, on_sentence)
         prefixes = teacher_side.memory_prefixes(cms, samples) if loop_scores else {}
         if score_now:
             scoring = (cms, samples, tokenizer.pad_token_id, cfg.batch_size, cfg.ks_teacher_topk)
-            scored = teacher_side.score(*scoring, prefixes) if loop_scores else teacher_side.score_per_memory(*scoring)
+            if loop_scores:
+                teacher_side.score(*scoring, prefixes)
+            else:
+                teacher_side.score_per_memory(*scoring)  # scores only what a sampled teacher's writing left
+            scored = sum(id(s) in unscored and s.scored for s in samples)  # kept ones, by the writer or the scorer
     if teacher_cache and not cached:
         teacher_side.save_cache(teacher_cache, key, samples)
     # after the cache: twins are derived from the teacher's samples, so the cache (and its key) stay the same

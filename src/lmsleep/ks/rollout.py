@@ -19,7 +19,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Collection, Hashable, Iterator
 from contextlib import contextmanager
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -63,6 +63,46 @@ def sample_completions(model, tokenizer, prompts: Sequence[Sequence[int]], tempe
     computed ONCE (`PrefixKV`; the model does not change within a call, so this is exact up to float rounding).
     Without it, every sequence runs the whole memory through the model again in its prefill. Rows of several small
     groups share one generate call, each after its own prefix (`_calls`, `stacked_cache`)."""
+    return [y for y, _ in _decode(model, tokenizer, prompts, temperature, max_new_tokens, n, groups, stop_ids)]
+
+
+def write_scored(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int, topk: int,
+                 groups: Sequence[Hashable] | None = None) -> list[tuple[list[int], torch.Tensor, Any]]:
+    """Greedy completions, each with the model's own next-token log-probs at every one of its tokens, recorded while
+    decoding: (y, log-probs [len(y), k], their vocabulary ids [len(y), k]), or the full [len(y), vocab] log-probs
+    with ids None at topk 0. These are the log-probs a scoring pass over prompt + y (`completion_logits`) gives, up
+    to float rounding (tested), so a teacher that writes its y greedily need not read them again to score them.
+    Batching, prefixes and packing as `sample_completions`."""
+    return _decode(model, tokenizer, prompts, 0.0, max_new_tokens, 1, groups, (), topk)
+
+
+class _TopK:
+    """A logits processor that keeps each decoding step's log-probs (top-k, or all at k 0) of every row and changes
+    nothing. It runs after generate's own processors; greedy decoding with our GenerationConfig has none, so it
+    sees the model's raw next-token logits."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.steps: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logprobs = torch.log_softmax(scores.float(), dim=-1)
+        if self.k:
+            values, ids = logprobs.topk(min(self.k, logprobs.shape[-1]), dim=-1)
+            self.steps.append((values.cpu(), ids.cpu()))
+        else:
+            self.steps.append((logprobs.cpu(), None))
+        return scores
+
+    def row(self, j: int, length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        values = torch.stack([v[j] for v, _ in self.steps[:length]])
+        ids = None if self.steps[0][1] is None else torch.stack([i[j] for _, i in self.steps[:length]])
+        return values, ids
+
+
+def _decode(model, tokenizer, prompts, temperature: float, max_new_tokens: int, n: int, groups, stop_ids,
+            record_topk: int | None = None) -> list:
+    """[(y, None)] per sequence, or with `record_topk` (greedy only) [(y, log-probs, ids)]: see the two callers."""
     from transformers import GenerationConfig
 
     stops = stop_token_ids(model, tokenizer) + sorted(set(stop_ids))
@@ -72,16 +112,21 @@ def sample_completions(model, tokenizer, prompts: Sequence[Sequence[int]], tempe
         sampling = dict(do_sample=False)
     else:
         raise ValueError("greedy decoding (temperature 0) gives one completion per prompt, not n")
+    if record_topk is not None and temperature > 0:
+        raise ValueError("log-probs are recorded for greedy decoding only (a sampler's warped scores are not them)")
     gen = GenerationConfig(**sampling, use_cache=True, max_new_tokens=max_new_tokens, num_return_sequences=n,
                            eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
-    per_prompt: dict[int, list[list[int]]] = {}
+    per_prompt: dict[int, list] = {}
     with torch.no_grad():
         for call in _calls(model, prompts, groups, n, max_new_tokens):
+            recorder = _TopK(record_topk) if record_topk is not None else None
             new = _generate(model, [prompts[i] for i, _ in call], gen, tokenizer.pad_token_id, n,
-                            [prefix for _, prefix in call])
+                            [prefix for _, prefix in call], recorder)
             for j, row in enumerate(new.tolist()):  # rows come prompt-major: n samples of call[0], then ...
                 cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
-                per_prompt.setdefault(call[j // n][0], []).append(row[:cut] or [stops[0]])
+                y = row[:cut] or [stops[0]]
+                out = (y, None) if recorder is None else (y, *recorder.row(j, len(y)))
+                per_prompt.setdefault(call[j // n][0], []).append(out)
     return [y for i in range(len(prompts)) for y in per_prompt[i]]
 
 
@@ -147,21 +192,26 @@ def _fits(call: list[tuple[int, "PrefixKV | None"]], prompts: Sequence[Sequence[
     return len(call) * n <= GENERATION_BATCH and len(call) * n * width <= cap
 
 
-def _generate(model, rows: Sequence[Sequence[int]], gen, pad_id: int, n: int, prefixes: Sequence["PrefixKV | None"]):
+def _generate(model, rows: Sequence[Sequence[int]], gen, pad_id: int, n: int, prefixes: Sequence["PrefixKV | None"],
+              recorder: "_TopK | None" = None):
     """One generate call; returns the new tokens [len(rows) * n, new]. With prefixes (one per row, `_calls` never
     mixes rows with and without), each row is its prefix (keys and values given as the cache, left-padded to the
     call's longest prefix), then its own tokens, left-padded: the padding is masked, and the positions (from the
     attention mask) run on as if it were not there, so every row sees exactly what it would see unpadded and alone."""
+    from transformers import LogitsProcessorList
+
     device = next(model.parameters()).device
+    extra = {} if recorder is None else {"logits_processor": LogitsProcessorList([recorder])}
     if prefixes[0] is None:
         ids, mask = pad_rows(rows, pad_id, True, device)
-        return model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)[:, ids.shape[1] :]
+        return model.generate(input_ids=ids, attention_mask=mask, generation_config=gen, **extra)[:, ids.shape[1] :]
     heads = [p.tokens for p in prefixes]
     head_ids, head_mask = pad_rows(heads, pad_id, True, device)
     ids, mask = pad_rows([r[len(h):] for r, h in zip(rows, heads)], pad_id, True, device)
     ids, mask = torch.cat([head_ids, ids], dim=1), torch.cat([head_mask, mask], dim=1)
     cache = stacked_cache(prefixes, head_ids.shape[1], n)
-    return model.generate(input_ids=ids, attention_mask=mask, generation_config=gen, cache=cache)[:, ids.shape[1] :]
+    return model.generate(input_ids=ids, attention_mask=mask, generation_config=gen, cache=cache,
+                          **extra)[:, ids.shape[1] :]
 
 
 def _causal_lm(model):

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from lmsleep.ks.divergence import TeacherTopK
-from lmsleep.ks.rollout import PrefixKV, common_prefix, completion_logits, sample_completions
+from lmsleep.ks.rollout import PrefixKV, common_prefix, completion_logits, sample_completions, write_scored
 from lmsleep.ks.samples import Sample
 from lmsleep.memory import atomic_write_bytes, training_text
 
@@ -46,16 +46,27 @@ CACHE_FIELDS = ("seed", "ks_prompts_per_memory", "ks_question_share", "ks_cloze_
                 "ks_asked_sentence_only")
 
 
-def write_completions(teacher, tokenizer, samples: list[Sample], cfg) -> None:
+def write_completions(teacher, tokenizer, samples: list[Sample], cfg) -> int:
     """The teacher's y for every sample that has none (batched; no gradient): greedy at ks_teacher_temperature 0,
-    so y is the answer the in-context ceiling is measured with; sampled above 0."""
+    so y is the answer the in-context ceiling is measured with; sampled above 0. Returns how many it also scored.
+
+    A greedy teacher scores y while writing it (`write_scored`: the log-probs it decoded with, kept like `score`
+    keeps them), so no second pass reads the memory, the prompt and y again; on bench-seed's λ 0 night that pass was
+    5 of the teacher's 16 seconds. A sampled y is scored by `score` afterwards (a sampler's scores are warped)."""
     todo = [s for s in samples if not s.completion]
     if not todo:
-        return
-    written = sample_completions(teacher, tokenizer, [s.teacher_prompt for s in todo], cfg.ks_teacher_temperature,
-                                 cfg.ks_max_new_tokens, groups=[(s.memory_id, s.source) for s in todo])
-    for s, y in zip(todo, written):  # each memory's text ran through the teacher once (its shared prefix)
-        s.completion = y
+        return 0
+    prompts, groups = [s.teacher_prompt for s in todo], [(s.memory_id, s.source) for s in todo]
+    if cfg.ks_teacher_temperature > 0:
+        written = sample_completions(teacher, tokenizer, prompts, cfg.ks_teacher_temperature, cfg.ks_max_new_tokens,
+                                     groups=groups)
+        for s, y in zip(todo, written):  # each memory's text ran through the teacher once (its shared prefix)
+            s.completion = y
+        return 0
+    for s, (y, logprobs, ids) in zip(todo, write_scored(teacher, tokenizer, prompts, cfg.ks_max_new_tokens,
+                                                         cfg.ks_teacher_topk, groups=groups)):
+        s.completion, s.teacher_logprobs, s.teacher_ids = y, logprobs, ids  # stacked per row: no views kept
+    return len(todo)
 
 
 def memory_prefixes(teacher, samples: list[Sample], min_tokens: int = 16) -> dict[tuple[str, str], PrefixKV]:
