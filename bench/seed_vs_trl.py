@@ -151,12 +151,12 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
     teacher_side.score, teacher_side.write_completions = counting_score, counting_write
     ks.drop_ungrounded = counting_drop
     writing = {"s": 0.0}
-    real_write = ks_samples.write_questions
+    real_questions = ks_samples.write_questions
 
     def timed_write(*a, **kw):  # the prompts ours writes for itself; TRL is handed them (--prompts-file)
         began = time.perf_counter()
         try:
-            return real_write(*a, **kw)
+            return real_questions(*a, **kw)
         finally:
             writing["s"] += time.perf_counter() - began
 
