@@ -187,6 +187,7 @@ def test_a_cached_teacher_reruns_identically_without_running_the_teacher(night, 
     calls = []
     monkeypatch.setattr(ks, "build_samples", lambda *a, **k: calls.append("build") or [])
     monkeypatch.setattr(teacher_side, "sample_completions", lambda *a, **k: calls.append("sample") or [])
+    monkeypatch.setattr(teacher_side, "write_scored", lambda *a, **k: calls.append("write") or [])  # greedy teacher
     second = seed.run(params, ws)
     assert second["teacher_cache"] == "hit" and second["teacher_samples"] == 0 and not calls
     again = load_file(ws.night_model("n1") / "adapter" / "adapter_model.safetensors")

@@ -135,8 +135,8 @@ def distillation_loss(cms, tokenizer, batch: list[Sample], cfg, level: str, inde
     fresh = [Sample(s.memory_id, "on-policy", s.student_prompt, s.teacher_prompt, s.prompt_text, y, source=s.source)
              for s, y in zip(on_policy, ys)]
     with cms.experts_off(level, [index]):
-        teacher_side.write_completions(cms, tokenizer, rows, cfg)  # only rows never written (lambda = 1)
-        scored = teacher_side.score(cms, rows + fresh, pad, cfg.batch_size, cfg.ks_teacher_topk, prefixes)
+        scored = teacher_side.write_completions(cms, tokenizer, rows, cfg)  # rows never written; greedy: scored
+        scored += teacher_side.score(cms, rows + fresh, pad, cfg.batch_size, cfg.ks_teacher_topk, prefixes)
     rows += fresh
     device = next(cms.base.parameters()).device
     with torch.enable_grad():
