@@ -116,11 +116,14 @@ def child_load(args: argparse.Namespace) -> dict[str, Any]:
 
 def child_ours(args: argparse.Namespace) -> dict[str, Any]:
     import lmsleep.ks.consolidate as ks
+    import lmsleep.ks.rollout as rollout
     import lmsleep.ks.samples as ks_samples
     import lmsleep.ks.teacher as teacher_side
     from lmsleep.config import SeedConfig
     from lmsleep.models import load_base
 
+    if args.packed_tokens:  # the speed/memory trade-off of generate calls that pack several memories' rows
+        rollout.PACKED_TOKENS = args.packed_tokens
     model, tokenizer = load_base(Path(args.model_path))
     cfg = SeedConfig(method="ks", ks_steps=args.steps, ks_lambda=args.on_policy_fraction, ks_alpha=1.0,
                      ks_max_new_tokens=args.max_new_tokens,
@@ -270,7 +273,8 @@ def run_child(role: str, args: argparse.Namespace, model_path: Path, extra: list
         "--prompts-per-memory", str(args.prompts_per_memory), "--seed", str(args.seed),
         "--lambda", str(args.on_policy_fraction), "--trl-trainer", args.trl_trainer,
         "--activation-checkpointing", args.activation_checkpointing,
-        "--return-freed-memory-kb", str(args.return_freed_memory_kb), *extra])
+        "--return-freed-memory-kb", str(args.return_freed_memory_kb), "--packed-tokens", str(args.packed_tokens),
+        *extra])
 
 
 def bench_model(args: argparse.Namespace) -> dict[str, Any]:
@@ -316,6 +320,7 @@ def bench_model(args: argparse.Namespace) -> dict[str, Any]:
                      "beta": 0.5,
                      "activation_checkpointing": args.activation_checkpointing,
                      "return_freed_memory_kb": args.return_freed_memory_kb,
+                     "packed_tokens": args.packed_tokens or None,
                      "malloc": (f"glibc mmap threshold fixed at {args.return_freed_memory_kb} KB in all three "
                                 "processes (lmsleep.allocator; ours from its train_student on, as the product does)"
                                 if args.return_freed_memory_kb > 0 else "glibc's default (dynamic mmap threshold)"),
@@ -371,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="all three processes: lmsleep.allocator's mmap threshold in KB (default: seed."
                         "ks_return_freed_memory_kb's default); 0 = glibc's default, stored under "
                         "'<model>-malloc-default'")
+    p.add_argument("--packed-tokens", type=int, default=0,
+                   help="ours: KV-cache tokens of a generate call that packs several memories' rows "
+                        "(lmsleep.ks.rollout.PACKED_TOKENS; 0 = as shipped); stored under '<model>-packed<N>'")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results; other models' entries are kept")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -400,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     label += "-no-checkpointing" if args.activation_checkpointing == "off" else ""
     label += "-malloc-default" if args.return_freed_memory_kb <= 0 else ""
     label += f"-lambda{args.on_policy_fraction:g}" if args.on_policy_fraction != 1.0 else ""
+    label += f"-packed{args.packed_tokens}" if args.packed_tokens else ""
     results.setdefault("models", {})[label] = entry
     results["host"] = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
