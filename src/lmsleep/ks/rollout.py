@@ -2,6 +2,7 @@
 
     ids, mask = pad_rows([[1, 2, 3], [4]], pad_id=0, left=True, device="cpu")
     ys = sample_completions(cms, tokenizer, prompts, temperature=0.7, max_new_tokens=32)   # no grad, KV cache
+    scored = write_scored(cms, tokenizer, prompts, max_new_tokens=32, topk=64)   # greedy y + the log-probs it came from
     logits = completion_logits(cms, [(prompt, y) for prompt, y in zip(prompts, ys)], tokenizer.pad_token_id)
 
 `completion_logits` runs the decoder body over prompt + y and applies the LM head ONLY at the positions that predict

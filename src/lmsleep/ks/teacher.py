@@ -1,6 +1,7 @@
 """The teacher's side of Knowledge Seeding: completions, log-probs computed once per sample, and their disk cache.
 
-    write_completions(cms, tokenizer, samples, cfg)   # y ~ teacher, for samples that have none yet (no grad)
+    write_completions(cms, tokenizer, samples, cfg)   # y ~ teacher, for samples that have none yet (no grad);
+                                                      # a greedy teacher keeps the log-probs it wrote y with
     prefixes = memory_prefixes(cms, samples)          # the teacher's keys/values over each memory's shared prefix
     score(cms, samples, pad_id, batch_size, topk, prefixes)   # teacher log-probs over y, once per sample
     score_per_memory(cms, samples, pad_id, batch_size, topk)  # the same, one memory's prefix alive at a time
