@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lmsleep.bench.coverage import _result_file, _rows
+from lmsleep.bench.coverage import _result_file, _rows, emit
 from lmsleep.grading import contains, grade
 
 
@@ -110,10 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     cut = token_truncator(AutoTokenizer.from_pretrained(args.model))
     report = accuracy_by_cap(_rows(answers), cut, caps, int(evaluate["max_new_tokens"]),
                              float(evaluate.get("f1_threshold", 0.5)))
-    print(markdown(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return 0
+    return emit(markdown(report), report, args.json)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,14 @@ def _result_file(folder: Path, stem: str, part: str) -> Path:
     return partial if not done.exists() and partial.exists() else done
 
 
+def emit(table: str, report: dict[str, Any], json_path: Path | None) -> int:
+    """The analysis CLIs' ending: print the table, and with a path also write the report as JSON; exit status 0."""
+    print(table)
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("folder", type=Path, help="a benchmark's --out folder (its *_answers.jsonl and *_train_texts.jsonl, "
@@ -106,10 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if not path.exists():
             p.error(f"{path} not found")
     report = fact_coverage(_rows(answers), _rows(texts), args.method)
-    print(markdown(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return 0
+    return emit(markdown(report), report, args.json)
 
 
 if __name__ == "__main__":
