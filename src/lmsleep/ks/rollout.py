@@ -88,16 +88,16 @@ class _TopK:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         logprobs = torch.log_softmax(scores.float(), dim=-1)
-        if self.k:
-            values, ids = logprobs.topk(min(self.k, logprobs.shape[-1]), dim=-1)
-            self.steps.append((values.cpu(), ids.cpu()))
+        if self.k:  # kept on the model's device: a copy to the host every step would sync a GPU every token
+            self.steps.append(logprobs.topk(min(self.k, logprobs.shape[-1]), dim=-1))
         else:
-            self.steps.append((logprobs.cpu(), None))
+            self.steps.append((logprobs, None))
         return scores
 
     def row(self, j: int, length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        values = torch.stack([v[j] for v, _ in self.steps[:length]])
-        ids = None if self.steps[0][1] is None else torch.stack([i[j] for _, i in self.steps[:length]])
+        """Row j's first `length` steps, on the host, as tensors of their own (no view of the whole call's)."""
+        values = torch.stack([v[j] for v, _ in self.steps[:length]]).cpu()
+        ids = None if self.steps[0][1] is None else torch.stack([i[j] for _, i in self.steps[:length]]).cpu()
         return values, ids
 
 
