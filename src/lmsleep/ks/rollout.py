@@ -85,6 +85,7 @@ class _TopK:
     def __init__(self, k: int):
         self.k = k
         self.steps: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        self._host: tuple[torch.Tensor, torch.Tensor | None] | None = None  # [rows, steps, k] once decoding ends
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         logprobs = torch.log_softmax(scores.float(), dim=-1)
@@ -95,10 +96,14 @@ class _TopK:
         return scores
 
     def row(self, j: int, length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Row j's first `length` steps, on the host, as tensors of their own (no view of the whole call's)."""
-        values = torch.stack([v[j] for v, _ in self.steps[:length]]).cpu()
-        ids = None if self.steps[0][1] is None else torch.stack([i[j] for _, i in self.steps[:length]]).cpu()
-        return values, ids
+        """Row j's first `length` steps, as tensors of their own (no view of the whole call's). The call's steps go
+        to the host in one copy, at the first row asked for."""
+        if self._host is None:
+            values = torch.stack([v for v, _ in self.steps], dim=1).cpu()
+            ids = None if self.steps[0][1] is None else torch.stack([i for _, i in self.steps], dim=1).cpu()
+            self._host, self.steps = (values, ids), []
+        values, ids = self._host
+        return values[j, :length].clone(), None if ids is None else ids[j, :length].clone()
 
 
 def _decode(model, tokenizer, prompts, temperature: float, max_new_tokens: int, n: int, groups, stop_ids,
