@@ -983,3 +983,52 @@ def test_hard_labels_change_the_nights_loss_and_still_train_only_the_new_expert(
         losses[weight] = log["losses"]
         assert all(math.isfinite(x) for x in losses[weight])
     assert losses[0.0][0] != pytest.approx(losses[1.0][0])  # cross-entropy on y, not the divergence alone
+
+
+def test_lr_schedules_start_at_ks_lr_and_fall_towards_zero():
+    steps = 96
+    for schedule in ("cosine", "linear"):
+        factors = [ks.lr_factor(schedule, step, steps) for step in range(steps)]
+        assert factors[0] == 1.0 and 0.0 <= factors[-1] < 0.05
+        assert all(a > b for a, b in zip(factors, factors[1:]))  # every step smaller than the one before
+    assert ks.lr_factor("cosine", steps // 2, steps) == pytest.approx(0.5)
+    assert {ks.lr_factor("constant", step, steps) for step in range(steps)} == {1.0}
+    with pytest.raises(ValueError, match="ks_lr_schedule must be one of constant, cosine, linear, not 'cosin'"):
+        ks.lr_factor("cosin", 0, steps)
+
+
+def test_a_cosine_night_takes_its_first_step_at_ks_lr_and_smaller_ones_after(night, monkeypatch):
+    """The same night (same prompts, teacher, batches) with a constant and a cosine ks_lr: the first step is the same,
+    so the loss before the second step is too; the second step is smaller under cosine, so the third loss differs."""
+    params, ws = night
+    params.seed.ks_steps = 3
+    params.seed.ks_lr = 2e-2
+    params.seed.ks_teacher_temperature = 0.7  # sampled y: the random tiny model's greedy y is one repeated token
+    losses, lrs = {}, {}
+    real_step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        lrs.setdefault(params.seed.ks_lr_schedule, []).append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    for schedule in ("constant", "cosine"):
+        params.seed.ks_lr_schedule = schedule
+        seed.run(params, ws)
+        losses[schedule] = json.loads((ws.night_model("n1") / "train_log.json").read_text())["losses"]
+    assert lrs["constant"] == [2e-2] * 3
+    assert lrs["cosine"] == pytest.approx([2e-2, 2e-2 * 0.75, 2e-2 * 0.25])
+    assert losses["cosine"][:2] == losses["constant"][:2]
+    assert losses["cosine"][2] != losses["constant"][2]
+
+
+def test_an_unknown_lr_schedule_fails_before_the_teacher_runs(night, monkeypatch):
+    params, ws = night
+    params.seed.ks_lr_schedule = "warmup"
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher ran")
+
+    monkeypatch.setattr(teacher_side, "write_completions", no_teacher)
+    with pytest.raises(ValueError, match="ks_lr_schedule"):
+        seed.run(params, ws)

@@ -99,6 +99,9 @@ class SeedConfig:
                                        "of many memories gets steps in proportion, a small night keeps ks_steps; "
                                        "0 = off")
     ks_lr: float = _f(2e-3, "ks: AdamW learning rate of the new expert")
+    ks_lr_schedule: str = _f("constant", "ks: how ks_lr moves over the night's steps: constant | cosine (from ks_lr "
+                                         "down to 0) | linear (ks_lr down to 0): a large early step stores more, a "
+                                         "small late one leaves the rest of the model where it settled")
     ks_expert_rank: int = _f(16, "ks: rank of the new low-rank expert (its alpha is 2 x rank)")
     ks_prompts_per_memory: int = _f(8, "ks: prompts per memory, spread over its sentences: questions the model "
                                        "writes about a sentence, and completions of a sentence's first words "

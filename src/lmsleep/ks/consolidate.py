@@ -253,6 +253,22 @@ def _world_audit(samples: list[Sample], tokenizer, world: int) -> list[dict[str,
     return [row for rows in gathered for row in rows]
 
 
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """What ks_lr is multiplied by at optimizer step `step` (0-based) of `steps`: 1 throughout (constant), or from 1
+    at the first step down towards 0 at the last (cosine: half a cosine period; linear: a straight line)."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"seed.ks_lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {schedule!r}")
+    done = step / max(steps, 1)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * done))
+    if schedule == "linear":
+        return 1.0 - done
+    return 1.0
+
+
 def train_student(student, level: str, index: int, params: list[torch.nn.Parameter], tokenizer,
                   memories: list[dict[str, Any]], cfg, replay: list[dict[str, Any]] | None = None,
                   teacher_cache: Path | None = None, teacher_id: str = "", anchors: list[str] | None = None,
@@ -267,6 +283,7 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
     return_freed_memory(cfg.ks_return_freed_memory_kb)  # before the first activation is allocated (lmsleep.allocator)
     device = next(student.base.parameters()).device
     optimizer = torch.optim.AdamW(params, lr=cfg.ks_lr, weight_decay=0.0)
+    lr_factor(cfg.ks_lr_schedule, 0, 1)  # an unknown schedule fails here, before the teacher's side runs
     judge = None
     if cfg.ks_alpha < 1.0 and cfg.ks_gamma > 0.0:
         from lmsleep.ks.judge import SemanticJudge
@@ -305,7 +322,9 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
     order: list[Sample] = []
     on_policy_samples: list[Sample] = []
     losses, distill_losses, rl_losses, rewards = [], [], [], []
-    for _ in tqdm(range(steps), desc="seed/ks", unit="step"):
+    for step in tqdm(range(steps), desc="seed/ks", unit="step"):
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.ks_lr * lr_factor(cfg.ks_lr_schedule, step, steps)
         batch = draw_batch(pool, order, cfg.batch_size, rng)
         distill = None
         if cfg.ks_alpha > 0.0:
