@@ -100,8 +100,9 @@ class SeedConfig:
                                        "0 = off")
     ks_lr: float = _f(2e-3, "ks: AdamW learning rate of the new expert")
     ks_lr_schedule: str = _f("constant", "ks: how ks_lr moves over the night's steps: constant | cosine (from ks_lr "
-                                         "down to 0) | linear (ks_lr down to 0): a large early step stores more, a "
-                                         "small late one leaves the rest of the model where it settled")
+                                         "down to 0) | linear (ks_lr down to 0). Demo night, 3 seeds: cosine from "
+                                         "4e-3 29.2% at +9.5% perplexity against constant 2e-3's 31.9% at +4.7%: "
+                                         "the drift follows the largest steps (docs/results.md)")
     ks_expert_rank: int = _f(16, "ks: rank of the new low-rank expert (its alpha is 2 x rank)")
     ks_prompts_per_memory: int = _f(8, "ks: prompts per memory, spread over its sentences: questions the model "
                                        "writes about a sentence, and completions of a sentence's first words "
