@@ -132,7 +132,8 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
                      batch_size=args.batch_size, ks_replay_prompts=0, seed=args.seed, ks_teacher_topk=TOPK,
                      ks_teacher_cache=False, ks_divergence="jsd", ks_beta=0.5, ks_temperature=TEMPERATURE,
                      ks_activation_checkpointing=args.activation_checkpointing == "on",
-                     ks_return_freed_memory_kb=args.return_freed_memory_kb)  # applied where the product applies it
+                     ks_return_freed_memory_kb=args.return_freed_memory_kb,  # applied where the product applies it
+                     ks_expert_level_layers=args.expert_layers)
     counted = {"tokens": 0}
     real_score, real_write, real_drop = teacher_side.score, teacher_side.write_completions, ks.drop_ungrounded
 
@@ -175,6 +176,7 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
     setup = marks.get("loop_start", started) - started
     return {"tokens": counted["tokens"], "wall_s": round(wall, 3), "setup_s": round(setup, 3),
             "question_writing_s": round(writing["s"], 3), "steps": len(losses),
+            "trainable_parameters": stats["trainable_parameters"],
             "peak_rss_mb": peak_rss_mb(), "prompts": prompts, "final_loss": losses[-1] if losses else None}
 
 
@@ -198,7 +200,8 @@ def child_trl(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer.padding_side = "left"
     rank = args.rank
     peft_config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, task_type="CAUSAL_LM",
-                             target_modules=["gate_proj", "up_proj", "down_proj"])
+                             target_modules=["gate_proj", "up_proj", "down_proj"],
+                             layers_to_transform=args.expert_layers or None)  # the layers ours' expert covers
     common = dict(max_steps=args.steps, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
                   learning_rate=LR, max_completion_length=args.max_new_tokens, temperature=TEMPERATURE, top_k=0,
                   top_p=1.0, bf16=False, fp16=False, use_cpu=True, report_to="none",
@@ -240,7 +243,9 @@ def child_trl(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         result = trainer.train()
         wall = time.perf_counter() - started
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)  # the LoRA, as it trained
     return {"tokens": counted["tokens"], "wall_s": round(wall, 3), "steps": int(result.global_step),
+            "trainable_parameters": trainable,
             "peak_rss_mb": peak_rss_mb(), "final_loss": float(result.training_loss)}
 
 
@@ -274,6 +279,7 @@ def run_child(role: str, args: argparse.Namespace, model_path: Path, extra: list
         "--lambda", str(args.on_policy_fraction), "--trl-trainer", args.trl_trainer,
         "--activation-checkpointing", args.activation_checkpointing,
         "--return-freed-memory-kb", str(args.return_freed_memory_kb), "--packed-tokens", str(args.packed_tokens),
+        *(["--expert-layers", f"{args.expert_layers[0]}-{args.expert_layers[-1]}"] if args.expert_layers else []),
         *extra])
 
 
@@ -306,6 +312,8 @@ def bench_model(args: argparse.Namespace) -> dict[str, Any]:
         "ours_rss_vs_one_model": round(ours["peak_rss_mb"] / load["peak_rss_mb"], 3),
         "trl_rss_vs_one_model": round(trl["peak_rss_mb"] / load["peak_rss_mb"], 3),
         "ours_steps": ours["steps"], "trl_steps": trl["steps"],
+        "ours_trainable_parameters": ours["trainable_parameters"],
+        "trl_trainable_parameters": trl["trainable_parameters"],
         "ours_tokens": ours["tokens"], "trl_tokens": trl["tokens"],
         "ours_wall_s": ours["wall_s"], "trl_wall_s": trl["wall_s"],
         "ours_setup_s": ours["setup_s"], "ours_question_writing_s": ours["question_writing_s"],
@@ -321,6 +329,7 @@ def bench_model(args: argparse.Namespace) -> dict[str, Any]:
                      "activation_checkpointing": args.activation_checkpointing,
                      "return_freed_memory_kb": args.return_freed_memory_kb,
                      "packed_tokens": args.packed_tokens or None,
+                     "expert_layers": args.expert_layers or "all (both methods)",
                      "malloc": (f"glibc mmap threshold fixed at {args.return_freed_memory_kb} KB in all three "
                                 "processes (lmsleep.allocator; ours from its train_student on, as the product does)"
                                 if args.return_freed_memory_kb > 0 else "glibc's default (dynamic mmap threshold)"),
@@ -339,6 +348,14 @@ def bench_model(args: argparse.Namespace) -> dict[str, Any]:
                                 "student), scored by the teacher and trained on"),
                      "wall_s": "the consolidation call only (ours: consolidate_memories; TRL: trainer.train())"},
     }
+
+
+def layer_range(text: str) -> list[int]:
+    """'15-29' -> [15, ..., 29]: a contiguous block of decoder layers."""
+    first, sep, last = text.partition("-")
+    if not sep or not first.isdigit() or not last.isdigit() or int(first) > int(last):
+        raise argparse.ArgumentTypeError(f"--expert-layers takes 'A-B' with A <= B, got {text!r}")
+    return list(range(int(first), int(last) + 1))
 
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
@@ -379,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--packed-tokens", type=int, default=0,
                    help="ours: KV-cache tokens of a generate call that packs several memories' rows "
                         "(lmsleep.ks.rollout.PACKED_TOKENS; 0 = as shipped); stored under '<model>-packed<N>'")
+    p.add_argument("--expert-layers", type=layer_range, default=[],
+                   help="decoder layers 'A-B' (inclusive) that both learn in: ours' seed.ks_expert_level_layers and "
+                        "TRL's LoRA layers_to_transform (default: every layer); stored under '<model>-layersA-B'")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results; other models' entries are kept")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -409,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     label += "-malloc-default" if args.return_freed_memory_kb <= 0 else ""
     label += f"-lambda{args.on_policy_fraction:g}" if args.on_policy_fraction != 1.0 else ""
     label += f"-packed{args.packed_tokens}" if args.packed_tokens else ""
+    label += f"-layers{args.expert_layers[0]}-{args.expert_layers[-1]}" if args.expert_layers else ""
     results.setdefault("models", {})[label] = entry
     results["host"] = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,18 +21,23 @@ FIELDS = ["ours_tokens_per_s", "trl_tokens_per_s", "speedup", "ours_peak_rss_mb"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("on_policy", "label"), [("1", "tiny"), ("0", "tiny-lambda0")])
-def test_tiny_bench_writes_every_field(tmp_path: Path, on_policy: str, label: str) -> None:
+@pytest.mark.parametrize(("on_policy", "label", "extra"), [("1", "tiny", []), ("0", "tiny-lambda0", []),
+                                                     ("0", "tiny-lambda0-layers1-1", ["--expert-layers", "1-1"])])
+def test_tiny_bench_writes_every_field(tmp_path: Path, on_policy: str, label: str, extra: list[str]) -> None:
     """lambda 1: ours samples every y from the student, as TRL does; lambda 0 (the product's default): ours' teacher
-    writes them up front, and its tokens are those the teacher wrote and scored."""
+    writes them up front, and its tokens are those the teacher wrote and scored. --expert-layers: both learn in the
+    same decoder layers only."""
     pytest.importorskip("trl")
     out = tmp_path / "seed_speed.json"
     run = subprocess.run([sys.executable, str(SCRIPT), "--model", "tiny", "--steps", "2", "--max-new-tokens", "8",
-                          "--memories", "2", "--lambda", on_policy, "--out", str(out)], cwd=PROJECT,
+                          "--memories", "2", "--lambda", on_policy, "--out", str(out), *extra], cwd=PROJECT,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     entry = json.loads(out.read_text())["models"][label]
     assert entry["settings"]["lambda"] == float(on_policy)
+    assert entry["settings"]["expert_layers"] == ([1] if extra else "all (both methods)")
+    # the same rank on the same MLP projections of the same layers: as many trainable parameters on both sides
+    assert entry["ours_trainable_parameters"] == entry["trl_trainable_parameters"] > 0
     for field in FIELDS:
         assert field in entry, field
     assert entry["ours_steps"] == entry["trl_steps"] == 2
@@ -60,3 +65,10 @@ def test_trl_is_bench_only_and_script_loads_without_it() -> None:
     run = subprocess.run([sys.executable, str(SCRIPT), "--help"], cwd=PROJECT, capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 0 and "--model" in run.stdout
+
+
+@pytest.mark.parametrize("layers", ["3-2", "15", "a-b"])
+def test_expert_layers_take_a_range(layers: str) -> None:
+    run = subprocess.run([sys.executable, str(SCRIPT), "--expert-layers", layers], cwd=PROJECT, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2 and "--expert-layers takes 'A-B' with A <= B" in run.stderr

@@ -360,6 +360,7 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
     for p in params:
         p.requires_grad_(False)
     stats = {"prompts": len(pool), **sources, "teacher_samples": teacher_samples, "teacher_cache": cache_status,
+             "trainable_parameters": sum(p.numel() for p in params),
              "ungrounded_dropped": ungrounded,
              "distill_losses": distill_losses,
              "lti_losses": rl_losses, "lti_rewards": rewards, "expert_index": index,
