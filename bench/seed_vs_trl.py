@@ -115,6 +115,8 @@ def child_load(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def child_ours(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
     import lmsleep.ks.consolidate as ks
     import lmsleep.ks.rollout as rollout
     import lmsleep.ks.samples as ks_samples
@@ -176,7 +178,7 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
     setup = marks.get("loop_start", started) - started
     return {"tokens": counted["tokens"], "wall_s": round(wall, 3), "setup_s": round(setup, 3),
             "question_writing_s": round(writing["s"], 3), "steps": len(losses),
-            "trainable_parameters": stats["trainable_parameters"],
+            "trainable_parameters": stats["trainable_parameters"], "torch_threads": torch.get_num_threads(),
             "peak_rss_mb": peak_rss_mb(), "prompts": prompts, "final_loss": losses[-1] if losses else None}
 
 
@@ -333,7 +335,8 @@ def bench_model(args: argparse.Namespace) -> dict[str, Any]:
                      "malloc": (f"glibc mmap threshold fixed at {args.return_freed_memory_kb} KB in all three "
                                 "processes (lmsleep.allocator; ours from its train_student on, as the product does)"
                                 if args.return_freed_memory_kb > 0 else "glibc's default (dynamic mmap threshold)"),
-                     "temperature": TEMPERATURE, "learning_rate": LR, "teacher_topk": TOPK, "dtype": "float32", "device": "cpu", "torch_threads": os.cpu_count(),
+                     "temperature": TEMPERATURE, "learning_rate": LR, "teacher_topk": TOPK, "dtype": "float32", "device": "cpu",
+                     "torch_threads": ours["torch_threads"],  # as the children ran (OMP_NUM_THREADS, else the cores)
                      "trl_version": trl_pkg.__version__,
                      "trl_trainer": {"sdft": "trl.experimental.sdft.SDFTTrainer",
                                      "distillation": "trl.DistillationTrainer"}[args.trl_trainer],

@@ -36,6 +36,7 @@ def test_tiny_bench_writes_every_field(tmp_path: Path, on_policy: str, label: st
     entry = json.loads(out.read_text())["models"][label]
     assert entry["settings"]["lambda"] == float(on_policy)
     assert entry["settings"]["expert_layers"] == ([1] if extra else "all (both methods)")
+    assert entry["settings"]["torch_threads"] >= 1
     # the same rank on the same MLP projections of the same layers: as many trainable parameters on both sides
     assert entry["ours_trainable_parameters"] == entry["trl_trainable_parameters"] > 0
     for field in FIELDS:
