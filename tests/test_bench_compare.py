@@ -1,5 +1,6 @@
 """lmsleep.bench.compare: two saved benchmark runs of one method, seed by seed."""
 
+import gzip
 import json
 
 import pytest
@@ -61,3 +62,13 @@ def test_the_cli_prints_the_table_and_writes_the_report(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "lr3e-3"), str(tmp_path / "missing")])
     assert "missing/seed_quality.json not found" in capsys.readouterr().err
+
+
+def test_a_gzipped_result_is_read_like_a_plain_one(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "nights.json").write_text(json.dumps(_run([10, 8, 11], [21] * 3, group="nights")))
+    (tmp_path / "kept").mkdir()
+    with gzip.open(tmp_path / "kept" / "nights.json.gz", "wt") as f:
+        json.dump(_run([7, 8, 8], [21] * 3, group="nights"), f)
+    assert main([str(tmp_path / "run"), str(tmp_path / "kept"), "--stem", "nights"]) == 0
+    assert "| nights | kept | 29.2, 33.3, 33.3 |" in capsys.readouterr().out

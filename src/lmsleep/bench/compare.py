@@ -1,18 +1,22 @@
 """Two benchmark runs of one method, seed by seed: a setting against the defaults, from the saved results alone.
 
     python -m lmsleep.bench.compare bench/results/demo_lr3e-3 <the defaults' run> [--method sleep_ks] [--json out]
+    python -m lmsleep.bench.compare <a nights run> bench/results/nights_grounded/grounded --stem nights
 
 A `--set` sweep is one run per value (`lmsleep bench quality ... --set seed.ks_lr=0.003 --out A`), so the harness's
 own paired table (methods within one run) does not cover it. This reads both runs' `<stem>.json` and, per group
 (demo, squad20, ...), gives each run's per-seed no-context accuracy with its mean and 95% interval, the paired
 difference over the seeds both ran (the same seeds mean the same memories, probes and sampling seeds, so the
-difference removes what the seeds share), and each run's reference-perplexity drift against the base model with how
-many of its nights the promotion gate (`promote.max_perplexity_increase`) would have refused.
+difference removes what the seeds share; for a sequential run such as the 30 nights, the final average
+accuracy over every task so far, ACC), and each run's reference-perplexity drift against the base model (per seed:
+the night's model, or the stream's last) with how many of them the promotion gate (`promote.max_perplexity_increase`)
+would have refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -23,10 +27,15 @@ from lmsleep.config import PromoteConfig
 
 
 def load_run(folder: Path, stem: str) -> dict[str, Any]:
+    """`<stem>.json`, or `<stem>.json.gz` (large kept results, the 30-night stream's, are stored gzipped)."""
     path = Path(folder) / f"{stem}.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: pass a benchmark's --out folder (and --stem if not {stem!r})")
-    return json.loads(path.read_text(encoding="utf-8"))
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    packed = path.with_name(path.name + ".gz")
+    if packed.exists():
+        with gzip.open(packed, "rt", encoding="utf-8") as f:
+            return json.load(f)
+    raise FileNotFoundError(f"{path} not found: pass a benchmark's --out folder (and --stem if not {stem!r})")
 
 
 def _per_seed(run: dict[str, Any], group: str, method: str, quantity: str) -> dict[int, float | None]:
