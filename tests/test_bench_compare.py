@@ -12,7 +12,8 @@ def _run(correct, perplexities, seeds=(0, 1, 2), group="demo", method="sleep_ks"
     """The fields of a saved <stem>.json that compare reads (the harness's aggregate, per seed)."""
     return {"seeds": list(seeds), "reference_perplexity_base": 20.0,
             "aggregate": {group: {method: {"accuracy": {"per_seed": [c / probes for c in correct]},
-                                           "perplexity": {"per_seed": list(perplexities)}},
+                                           "perplexity": {"per_seed": list(perplexities)},
+                                           "perplexity_drift": {"per_seed": [p / 20.0 - 1 for p in perplexities]}},
                                   "icl": {"accuracy": {"per_seed": [0.8] * len(seeds)}}}}}
 
 

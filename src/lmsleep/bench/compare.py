@@ -46,9 +46,7 @@ def _per_seed(run: dict[str, Any], group: str, method: str, quantity: str) -> di
 
 
 def _drift(run: dict[str, Any], group: str, method: str, gate: float) -> dict[str, Any]:
-    base = run["reference_perplexity_base"]
-    per_seed = {s: None if p is None else p / base - 1.0
-                for s, p in _per_seed(run, group, method, "perplexity").items()}
+    per_seed = _per_seed(run, group, method, "perplexity_drift")  # the harness's: perplexity / the base's - 1
     kept = [d for d in per_seed.values() if d is not None]
     return {"per_seed": per_seed, "mean": sum(kept) / len(kept) if kept else None,
             "past_gate": sum(d > gate for d in kept), "nights": len(kept)}
