@@ -187,6 +187,13 @@ class SeedConfig:
     ks_anchor_file: str = _f("", "ks: the anchor prompts, one per line ('\\n' in a line is a line break, so a "
                                  "line can hold a text and a question about it); '' = the bundled general requests "
                                  "src/lmsleep/ks/anchor_prompts.txt")
+    ks_drift_budget: float = _f(0.0, "ks: after the night, the new expert's output is scaled down (B x s, the largest s "
+                                     "found by bisection) until ks_drift_text's perplexity rises by at most this "
+                                     "fraction over the model before the night (lmsleep.ks.drift_guard): a night past "
+                                     "the promotion gate keeps part of what it learned instead of nothing; 0 = off")
+    ks_drift_text: str = _f("", "ks: the drift guard's general text; '' = the bundled src/lmsleep/ks/drift_text.txt. "
+                                "Never the evaluate stage's reference text (refused: the gate would measure what "
+                                "the night was tuned on)")
     ks_reading_share: float = _f(0.0, "ks: share of tonight's prompts also trained with the memory in context on BOTH "
                                       "sides (teacher = the model as it is, the same y): the new expert must leave "
                                       "in-context reading alone, or tomorrow's teacher reads worse (lmsleep.ks."
@@ -415,6 +422,12 @@ class Params:
     promote: PromoteConfig = field(default_factory=PromoteConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     infrastructure: InfrastructureConfig = field(default_factory=InfrastructureConfig)
+
+    def __post_init__(self) -> None:
+        drift = getattr(self.seed, "ks_drift_text", "")  # a section built from an older dict may lack it
+        if drift and Path(drift).resolve() == Path(self.evaluate.reference_text).resolve():
+            raise ValueError(f"params: seed.ks_drift_text {drift!r} is evaluate.reference_text: the drift guard would "
+                             "tune each night on the promotion gate's own measure; give it a different general text")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -191,6 +191,20 @@ def teacher_cache_dir(ws: Workspace, night: str) -> Path:
     return ws.night_data(night) / "teacher_cache"
 
 
+def guard_text(ws, params) -> str:
+    """The drift guard's text (seed.ks_drift_text, '' = bundled), refused if it reads as the evaluate stage's reference
+    text: the gate would then measure what the night was tuned on (Params refuses the same path; this, a copy)."""
+    from lmsleep.ks.drift_guard import read_drift_text
+
+    path = ws.resolve(params.seed.ks_drift_text) if params.seed.ks_drift_text else ""
+    text = read_drift_text(path)
+    reference = Path(ws.resolve(params.evaluate.reference_text))
+    if reference.exists() and " ".join(text.split()) == " ".join(reference.read_text(encoding="utf-8").split()):
+        raise ValueError(f"seed.ks_drift_text {path} holds evaluate.reference_text's text: the drift guard must read "
+                         "a different general text than the promotion gate")
+    return text
+
+
 def _consolidate_ks(ws, params, parent, memories, model, tokenizer) -> dict[str, Any]:
     from lmsleep.cms import export_peft_adapter
     from lmsleep.ks.awake import consolidate_by_sender
@@ -210,14 +224,16 @@ def _consolidate_ks(ws, params, parent, memories, model, tokenizer) -> dict[str,
                                   cfg.ks_anchor_prompts, cfg.seed)
     if cfg.ks_sender == "fast_level" and world > 1:
         raise ValueError("seed.ks_sender 'fast_level' trains in one process: unset seed.accelerate_config")
-    cms, losses, stats = consolidate_by_sender(model, tokenizer, memories, cfg, replay=replay, teacher_cache=cache,
-                                               teacher_id=teacher_id, anchors=anchors)
+    drift_text = guard_text(ws, params) if cfg.ks_drift_budget > 0 else None
+    cms, losses, stats = consolidate_by_sender(model, tokenizer, memories, cfg, drift_text=drift_text, replay=replay,
+                                               teacher_cache=cache, teacher_id=teacher_id, anchors=anchors)
     summary = {"night": night, "method": "ks", "sender": cfg.ks_sender, "memories": len(memories),
                "steps": len(losses), "processes": world,
                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
                "prompts": stats["prompts"], "teacher_samples": stats["teacher_samples"],
                "teacher_cache": stats["teacher_cache"], "seconds": stats["seconds"],
-               "ungrounded_dropped": len(stats.get("ungrounded_dropped", []))}  # listed in train_log.json's "ks"
+               "ungrounded_dropped": len(stats.get("ungrounded_dropped", [])),  # listed in train_log.json's "ks"
+               "drift_guard_scale": stats["drift_guard"]["scale"] if "drift_guard" in stats else None}
     if accelerator is not None and not accelerator.is_main_process:  # every rank holds the same expert
         return summary
     write_jsonl(out_dir / "train_texts.jsonl", stats.pop("train_texts"))

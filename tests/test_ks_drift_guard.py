@@ -1,0 +1,148 @@
+"""The drift guard (lmsleep.ks.drift_guard): the night's expert is scaled into a perplexity budget on a general text
+that is never the evaluate stage's reference; A, the base and a night already inside stay bit-identical."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from tinyworld import CANARY_A, CANARY_Q, memory, tiny_workspace
+
+from lmsleep.cms import CMSConfig, LevelSpec, wrap_model
+from lmsleep.config import load_params
+from lmsleep.generation import perplexity
+from lmsleep.ks.drift_guard import DRIFT_TOKENS, keep_within_drift, read_drift_text
+from lmsleep.ks.samples import BUNDLED_ANCHORS
+from lmsleep.memory import write_jsonl
+from lmsleep.models import load_base
+from lmsleep.stages import seed
+
+REPO_REFERENCE = "data/reference.txt"
+
+
+@pytest.fixture
+def tiny(tmp_path, tmp_path_factory):
+    params, ws = tiny_workspace(tmp_path, tmp_path_factory.getbasetemp() / "tiny-cache-guard")
+    return params, ws
+
+
+def expert_model(ws, std: float):
+    """The tiny base with one active expert whose B is random (a stand-in for a night that drifted)."""
+    model, tokenizer = load_base(ws.base_model("tiny"))
+    cms = wrap_model(model, CMSConfig(levels=[LevelSpec(name="night", pool_size=1, rank=4, alpha=8.0)]))
+    index = cms.activate_expert("night", torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for pool in cms.level("night").pools.values():
+            pool.B[index].copy_(torch.randn(pool.B[index].shape, generator=g) * std)
+    return cms, tokenizer, index
+
+
+def snapshot(cms, index):
+    pools = cms.level("night").pools
+    return ({k: p.A[index].detach().clone() for k, p in pools.items()},
+            {k: p.B[index].detach().clone() for k, p in pools.items()},
+            {k: v.detach().clone() for k, v in cms.base.state_dict().items() if "lora" not in k})
+
+
+def rise(cms, tokenizer, text, index):
+    with cms.experts_off("night", [index]):
+        before = perplexity(cms.base, tokenizer, text, DRIFT_TOKENS)
+    return perplexity(cms.base, tokenizer, text, DRIFT_TOKENS) / before - 1.0
+
+
+def test_a_drifting_expert_is_scaled_to_the_largest_measured_scale_inside_the_budget(tiny):
+    _, ws = tiny
+    cms, tokenizer, index = expert_model(ws, std=2.0)
+    text = read_drift_text("")
+    full = rise(cms, tokenizer, text, index)
+    assert full > 1e-3  # the random expert drifts (a tiny random model's perplexity moves little: the budget follows)
+    budget = full / 4
+    a_before, b_before, base_before = snapshot(cms, index)
+
+    guard = keep_within_drift(cms, tokenizer, text, budget, bisections=6)
+
+    scale = guard["scale"]
+    assert 0.0 < scale < 1.0 and guard["rise_full"] == pytest.approx(full, abs=1e-4)
+    pools = cms.level("night").pools
+    for key, pool in pools.items():
+        assert torch.equal(pool.A[index], a_before[key])  # only B is scaled: the expert stays B A alpha/r
+        assert torch.equal(pool.B[index], b_before[key] * scale)
+    after = {k: v for k, v in cms.base.state_dict().items() if k in base_before}
+    assert all(torch.equal(base_before[k], v) for k, v in after.items())
+    left = rise(cms, tokenizer, text, index)
+    assert left <= budget and left == pytest.approx(guard["rise_left"], abs=1e-4)
+    # the largest such scale at the bisection's resolution: one step (1/64) more is past the budget
+    with torch.no_grad():
+        for key, pool in pools.items():
+            pool.B[index].copy_(b_before[key] * (scale + 1 / 64))
+    assert rise(cms, tokenizer, text, index) > budget
+    assert guard["perplexity_passes"] == 2 + 6
+
+
+def test_an_expert_inside_the_budget_is_left_bit_identical(tiny):
+    _, ws = tiny
+    cms, tokenizer, index = expert_model(ws, std=0.01)
+    text = read_drift_text("")
+    budget = max(rise(cms, tokenizer, text, index), 0.0) + 0.01
+    _, b_before, _ = snapshot(cms, index)
+    guard = keep_within_drift(cms, tokenizer, text, budget)
+    assert guard["scale"] == 1.0 and guard["perplexity_passes"] == 2
+    assert all(torch.equal(p.B[index], b_before[k]) for k, p in cms.level("night").pools.items())
+
+
+def test_the_guard_refuses_a_budget_of_zero_and_a_model_without_an_active_expert(tiny):
+    _, ws = tiny
+    cms, tokenizer, index = expert_model(ws, std=0.1)
+    with pytest.raises(ValueError, match="budget must be > 0"):
+        keep_within_drift(cms, tokenizer, "some general text here", 0.0)
+    cms.reset_expert("night", index)
+    with pytest.raises(ValueError, match="no CMS level has an active expert"):
+        keep_within_drift(cms, tokenizer, "some general text here", 0.05)
+
+
+def shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
+    words = re.findall(r"[a-z]+", text.lower())
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def test_the_bundled_drift_text_shares_no_passage_with_the_reference_or_the_anchors():
+    text = read_drift_text("")
+    assert not text.startswith("#") and len(text.split()) > 500  # the header is stripped; a page of prose is left
+    assert not shingles(text) & shingles(open(REPO_REFERENCE, encoding="utf-8").read())
+    assert not shingles(text) & shingles(BUNDLED_ANCHORS.read_text(encoding="utf-8"))
+
+
+def test_params_refuse_the_reference_text_as_the_drift_text():
+    with pytest.raises(ValueError, match="promotion gate's own measure"):
+        load_params("params.yaml", {"seed.ks_drift_text": REPO_REFERENCE})
+
+
+def night_with_memories(params, ws):
+    memories = [memory(i, probes=[{"question": f"{CANARY_Q} {i}?", "answer": f"{CANARY_A} {i}"}]) for i in range(2)]
+    write_jsonl(ws.night_data(params.night.id) / "accepted.jsonl", memories)
+    params.seed.method = "ks"
+    params.seed.ks_drift_budget = 1e-9  # any rise at all is past it: the guard must act
+    params.seed.ks_steps = 3
+
+
+def test_the_seed_stage_guards_the_night_and_logs_it(tiny):
+    params, ws = tiny
+    night_with_memories(params, ws)
+    summary = seed.run(params, ws)
+    log = json.loads((ws.night_model(params.night.id) / "train_log.json").read_text())
+    guard = log["ks"]["drift_guard"]
+    assert summary["drift_guard_scale"] == guard["scale"] < 1.0
+    assert guard["rise_left"] <= params.seed.ks_drift_budget and guard["rise_full"] > guard["rise_left"]
+
+
+def test_the_seed_stage_refuses_a_copy_of_the_reference_text(tiny):
+    params, ws = tiny
+    night_with_memories(params, ws)
+    copy = ws.root / "data" / "general.txt"
+    copy.write_text((ws.root / "data" / "reference.txt").read_text())
+    params.seed.ks_drift_text = "data/general.txt"
+    with pytest.raises(ValueError, match="a different general text than the promotion gate"):
+        seed.run(params, ws)
