@@ -771,6 +771,36 @@ def test_ks_expert_level_layers_limit_the_adapter(night):
     assert adapter and all(".layers.0.mlp." in k for k in adapter)
 
 
+def test_ks_expert_layer_share_takes_the_top_layers_of_any_depth(night):
+    from types import SimpleNamespace as NS
+
+    from lmsleep.ks.consolidate import expert_layers
+
+    def layer():
+        module = torch.nn.Module()
+        module.mlp = torch.nn.Identity()
+        return module
+
+    def model(depth):  # what expert_layers reads: the decoder's layer list, found by its length and `mlp`s
+        return NS(config=NS(num_hidden_layers=depth), modules=lambda: [torch.nn.ModuleList(
+            [layer() for _ in range(depth)])])
+
+    def layers(depth, share, listed=()):
+        return expert_layers(SeedConfig(ks_expert_layer_share=share, ks_expert_level_layers=list(listed)), model(depth))
+
+    assert layers(30, 0.5) == list(range(15, 30)) and layers(2, 0.5) == [1] and layers(3, 0.5) == [1, 2]
+    assert layers(30, 1.0) is None and layers(30, 0.01) == [29]
+    assert layers(30, 0.5, listed=[0, 3]) == [0, 3]  # listed indices win
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="ks_expert_layer_share must be in"):
+            layers(30, bad)
+    params, ws = night
+    params.seed.ks_expert_layer_share = 0.5  # the tiny model has 2 layers: the top one
+    seed.run(params, ws)
+    adapter = load_file(ws.night_model("n1") / "adapter" / "adapter_model.safetensors")
+    assert adapter and all(".layers.1.mlp." in k for k in adapter)
+
+
 def test_ks_passes_raise_the_step_count_with_the_nights_prompts(night):
     from lmsleep.ks.consolidate import night_steps
 

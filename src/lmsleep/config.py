@@ -179,7 +179,11 @@ class SeedConfig:
                                             "again (data/nights/<night>/accepted.jsonl), scored on the answer that "
                                             "night's teacher wrote: what faded is taught again; the rest are answered "
                                             "by the model as it is, without the memory (keeps what is left)")
-    ks_expert_level_layers: list = _f([], "ks: decoder layers whose MLPs the new expert covers (indices); [] = all")
+    ks_expert_level_layers: list = _f([], "ks: decoder layers whose MLPs the new expert covers (indices); [] = "
+                                          "ks_expert_layer_share decides")
+    ks_expert_layer_share: float = _f(1.0, "ks: without ks_expert_level_layers, the new expert covers the top "
+                                           "ceil(share x layers) decoder layers (0.5: 15-29 of SmolLM2's 30, layer 1 "
+                                           "of a 2-layer model); 1.0 = all")
     ks_anchor_prompts: int = _f(24, "ks: anchor prompts (unrelated to tonight) trained with the model as it is as "
                                     "teacher, so the new expert leaves that behaviour alone; 0 = none. 24: the demo "
                                     "night's perplexity rise +15% -> +4% (3 seeds; promoted), acquisition 31% -> 35%, "

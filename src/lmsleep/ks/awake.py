@@ -28,7 +28,7 @@ import torch
 
 from lmsleep.allocator import return_freed_memory
 from lmsleep.cms import CMSConfig, LevelSpec, wrap_model
-from lmsleep.ks.consolidate import night_steps
+from lmsleep.ks.consolidate import expert_layers, night_steps
 from lmsleep.ks.drift_guard import keep_within_drift, read_drift_text
 from lmsleep.ks.samples import sentences
 from lmsleep.ks.senders import OnlineFastLevelUpdater, consolidate_fast_level
@@ -68,7 +68,7 @@ def seed_through_fast_level(model, tokenizer, memories: list[dict[str, Any]], cf
     torch.manual_seed(cfg.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
-    rank, layers = cfg.ks_expert_rank, [int(i) for i in cfg.ks_expert_level_layers] or None
+    rank, layers = cfg.ks_expert_rank, expert_layers(cfg, model)
     cms = wrap_model(model, CMSConfig(levels=[
         LevelSpec(name=AWAKE, layers=layers, pool_size=1, rank=rank, alpha=2.0 * rank),
         LevelSpec(name=NIGHT, layers=layers, pool_size=1, rank=rank, alpha=2.0 * rank)]))

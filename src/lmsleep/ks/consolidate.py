@@ -60,6 +60,7 @@ from tqdm.auto import tqdm
 
 from lmsleep.allocator import return_freed_memory
 from lmsleep.cms import CMSConfig, LevelSpec, wrap_model
+from lmsleep.cms.experts import decoder_layers
 from lmsleep.distributed import my_rows, process_group
 from lmsleep.ks import teacher as teacher_side
 from lmsleep.ks.divergence import generalized_distillation_loss, with_hard_labels
@@ -204,6 +205,21 @@ def _prepare_samples(cms, tokenizer, memories, cfg, level: str, index: int, repl
     return samples, prefixes if loop_scores else {}, scored, cache_status, dropped
 
 
+def expert_layers(cfg, model) -> list[int] | None:
+    """The decoder layers tonight's expert covers: seed.ks_expert_level_layers' indices when it lists any, else the
+    top ceil(ks_expert_layer_share x layers) of `model`'s decoder layers (the same share on any depth: 0.5 is 15-29
+    of SmolLM2's 30, layer 1 of a 2-layer model); None = every layer."""
+    if cfg.ks_expert_level_layers:
+        return [int(i) for i in cfg.ks_expert_level_layers]
+    share = float(getattr(cfg, "ks_expert_layer_share", 1.0))
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"seed.ks_expert_layer_share must be in (0, 1], got {share}")
+    if share == 1.0:
+        return None
+    total = len(decoder_layers(getattr(model, "base", model)))
+    return list(range(total - math.ceil(share * total), total))
+
+
 def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg,
                          replay: list[dict[str, Any]] | None = None, teacher_cache: Path | None = None,
                          teacher_id: str = "", anchors: list[str] | None = None):
@@ -225,7 +241,7 @@ def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg,
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()  # eval: no dropout, teacher and student differ only by the context and the expert
     rank = cfg.ks_expert_rank
-    layers = [int(i) for i in cfg.ks_expert_level_layers] or None  # [] = every decoder layer
+    layers = expert_layers(cfg, model)
     cms = wrap_model(model, CMSConfig(levels=[LevelSpec(name=LEVEL, layers=layers, pool_size=1, rank=rank,
                                                         alpha=2.0 * rank)]))
     index = cms.activate_expert(LEVEL, torch.Generator().manual_seed(cfg.seed))

@@ -30,7 +30,7 @@ import torch
 
 from lmsleep.config import Params, Workspace
 from lmsleep.errors import NightStopped
-from lmsleep.ks.consolidate import LEVEL  # the CMS level of tonight's expert
+from lmsleep.ks.consolidate import LEVEL, expert_layers  # LEVEL: the CMS level of tonight's expert
 from lmsleep.memory import read_json, read_jsonl, write_json, write_jsonl
 
 
@@ -46,7 +46,7 @@ def _challenger_as_cms(ws: Workspace, params: Params, seed_lineage: dict[str, An
         cms, index = import_peft_adapter(model.to(device), ws.root / seed_lineage["adapters"][-1], LEVEL, pool_size=2)
         return cms, tokenizer, index, seed_lineage["adapters"][:-1]
     model, tokenizer = load_lineage(ws, seed_lineage, dtype)
-    rank, layers = params.seed.ks_expert_rank, [int(i) for i in params.seed.ks_expert_level_layers] or None
+    rank, layers = params.seed.ks_expert_rank, expert_layers(params.seed, model)
     cms = wrap_model(model.to(device), CMSConfig(levels=[LevelSpec(name=LEVEL, layers=layers, pool_size=2, rank=rank,
                                                                    alpha=2.0 * rank)]))
     index = cms.activate_expert(LEVEL, torch.Generator(device=device).manual_seed(params.dream.seed))
