@@ -98,6 +98,15 @@ def test_world_model_is_pretrained_once_then_reused(ws, monkeypatch):
 
     anchors = read_anchor_prompts(path / nights.READING_ANCHORS, 10_000, seed=0)
     assert sorted(anchors) == sorted(nights.world_of(settings).reading_anchors(256))
+    # the drift guard's text beside it: world documents about people no night, reference or anchor names
+    from lmsleep.ks.drift_guard import read_drift_text
+
+    world = nights.world_of(settings)
+    drift = read_drift_text(path / nights.DRIFT_TEXT)
+    assert drift == world.drift_text() and drift.count("\n\n") == 23
+    reserved = world.reserved_names() | {p.name for p in world.people}
+    assert not [name for name in reserved if name in drift] and not set(drift.split("\n\n")) & set(anchors)
+    assert drift not in world.reference_text and world.reference_text not in drift
 
 
 def test_reading_anchors_are_about_throwaway_people_and_never_probes():

@@ -165,11 +165,13 @@ def world_model_dir(ws: Workspace, settings: dict[str, Any]) -> Path:
 
 
 READING_ANCHORS = "reading_anchors.txt"  # beside the world model: --set seed.ks_anchor_file=<it>
+DRIFT_TEXT = "drift_text.txt"  # beside the world model: --set seed.ks_drift_text=<it> (with seed.ks_drift_budget)
 
 
 def ensure_world_model(ws: Workspace, settings: dict[str, Any], dtype: str = "float32") -> Path:
     """The pretrained world model for `settings`: built once (models/bench/world-<hash>/), then found; its reading
-    anchors (READING_ANCHORS: 256 in-context reading prompts about throw-away people) are written beside it."""
+    anchors (READING_ANCHORS: 256 in-context reading prompts about throw-away people) and the drift guard's text
+    (DRIFT_TEXT: documents about 24 more of them) are written beside it."""
     dest = world_model_dir(ws, settings)
     if not ((dest / "config.json").exists() and (dest / "pretrain.json").exists()):
         pretrain_world_model(dest, settings, dtype)
@@ -178,6 +180,10 @@ def ensure_world_model(ws: Workspace, settings: dict[str, Any], dtype: str = "fl
         lines = [a.replace("\n", "\\n") for a in world_of(settings).reading_anchors(256)]
         atomic_write_bytes(anchors, ("# in-context reading anchors for seed.ks_anchor_file (lmsleep.bench.world."
                                      "reading_anchors)\n" + "\n".join(lines) + "\n").encode("utf-8"))
+    drift = dest / DRIFT_TEXT
+    if not drift.exists():
+        atomic_write_bytes(drift, ("# the drift guard's world text for seed.ks_drift_text (lmsleep.bench.world."
+                                   "drift_text)\n" + world_of(settings).drift_text() + "\n").encode("utf-8"))
     return dest
 
 

@@ -211,6 +211,12 @@ class World:
         rng = random.Random(f"reference-{self.seed}")
         return "\n\n".join(self.text(p, rng) for p in self.reference_people)
 
+    def drift_text(self, people: int = 24) -> str:
+        """Documents about throw-away people (never a night's, reference or pretraining person): world text for the
+        drift guard (seed.ks_drift_text), apart from the reference text the promotion gate reads."""
+        rng = random.Random(f"drift-{self.seed}")
+        return "\n\n".join(self.text(self.fresh_person(rng, len(RELATIONS)), rng) for _ in range(people))
+
     def reserved_names(self) -> set[str]:
         """Every person of the nights and the reference text: never in pretraining."""
         return {p.name for night in self.night_people for p in night} | {p.name for p in self.reference_people}
