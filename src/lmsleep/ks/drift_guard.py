@@ -18,6 +18,7 @@ largest s in [0, 1] with r(s) <= budget is found by bisection; every s returned 
 
 from __future__ import annotations
 
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ def keep_within_drift(cms, tokenizer, text: str, budget: float, max_tokens: int 
         raise ValueError(f"the drift budget must be > 0, got {budget}")
     if not _active(cms):
         raise ValueError("the drift guard needs the night's expert active: no CMS level has an active expert")
+    started = time.perf_counter()
     model = cms.base
     with _without_experts(cms):
         before = perplexity(model, tokenizer, text, max_tokens)
@@ -93,4 +95,4 @@ def keep_within_drift(cms, tokenizer, text: str, budget: float, max_tokens: int 
     return {"budget": budget, "scale": scale, "perplexity_before": round(before, 4),
             "perplexity_full": round(full, 4), "perplexity_left": round(left, 4),
             "rise_full": round(full / before - 1.0, 4), "rise_left": round(left / before - 1.0, 4),
-            "perplexity_passes": passes, "tokens": max_tokens}
+            "perplexity_passes": passes, "tokens": max_tokens, "seconds": round(time.perf_counter() - started, 1)}
