@@ -109,6 +109,18 @@ def test_world_model_is_pretrained_once_then_reused(ws, monkeypatch):
     assert drift not in world.reference_text and world.reference_text not in drift
 
 
+def test_the_guard_reads_the_worlds_drift_text_unless_one_is_named(ws):
+    bench = NightsBenchmark(**TINY)
+    off = load_params(ws.root / "params.yaml")
+    assert harness.with_drift_text(bench, ws, off) is off  # guard off: nothing to choose
+    on = load_params(ws.root / "params.yaml", {"seed.ks_drift_budget": 0.05})
+    chosen = harness.with_drift_text(bench, ws, on).seed.ks_drift_text
+    assert chosen == str(bench.base_model(ws, on) / nights.DRIFT_TEXT)
+    named = load_params(ws.root / "params.yaml", {"seed.ks_drift_budget": 0.05, "seed.ks_drift_text": "mine.txt"})
+    assert harness.with_drift_text(bench, ws, named).seed.ks_drift_text == "mine.txt"
+    assert harness.Benchmark().drift_text_file(ws, on) is None  # the bundled text for SmolLM2's benchmarks
+
+
 def test_reading_anchors_are_about_throwaway_people_and_never_probes():
     world = World(seed=0, nights=30, people=60)
     anchors = world.reading_anchors(200)

@@ -97,6 +97,11 @@ class Benchmark:
         """The fixed text perplexity drift is measured on; None = the evaluate stage's reference."""
         return None
 
+    def drift_text_file(self, ws: Workspace, params: Params) -> Path | None:
+        """The drift guard's text for a benchmark with its own model and reference (seed.ks_drift_budget > 0 and no
+        seed.ks_drift_text given); None = the bundled English text (lmsleep.ks.drift_guard)."""
+        return None
+
     def grade(self, prediction: str, answer: str, params: Params) -> dict[str, Any]:
         """{"correct": bool, "f1": float in [0, 1], ...} for one probe; default: the evaluate stage's grading."""
         return grade(prediction, answer, params.evaluate.f1_threshold)
@@ -247,6 +252,16 @@ def memory_mode(params: Params, mode: str, explicit: dict[str, Any] | None = Non
         params.seed, **{k: v for k, v in FAST_MEMORY.items() if k not in keep}))
 
 
+def with_drift_text(bench: Benchmark, ws: Workspace, params: Params) -> Params:
+    """params with the benchmark's own drift-guard text when the guard is on and the user named none (a world model
+    measures its drift on world text, as its reference is world text)."""
+    if params.seed.ks_drift_budget <= 0 or params.seed.ks_drift_text:
+        return params
+    own = bench.drift_text_file(ws, params)
+    return params if own is None else dataclasses.replace(
+        params, seed=dataclasses.replace(params.seed, ks_drift_text=str(own)))
+
+
 def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int | None = None,
         methods: list[str] | None = None, out_dir: str | Path = "bench/results",
         command: str | None = None, resume: bool = False, workers: str | int | None = 1) -> dict[str, Any]:
@@ -275,6 +290,7 @@ def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int 
     model_dir = own or ensure_base_model(ws, params.prepare_model)
     model_name = params.prepare_model.name if own is None else f"{model_dir.parent.name}/{model_dir.name}"
     reference = bench.reference_text(ws, params) or read_reference(ws, params.evaluate)
+    params = with_drift_text(bench, ws, params)
     chains = [tasks] if bench.sequential else [[t] for t in tasks]
     started = time.perf_counter()
 

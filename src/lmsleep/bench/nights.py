@@ -98,6 +98,9 @@ class NightsBenchmark(Benchmark):
     def reference_text(self, ws: Workspace, params: Params) -> str:
         return self.world().reference_text
 
+    def drift_text_file(self, ws: Workspace, params: Params) -> Path:
+        return self.base_model(ws, params) / DRIFT_TEXT  # written beside the world model (ensure_world_model)
+
     def headline(self, result: dict[str, Any]) -> dict[str, Any]:
         retention = result.get("retention") or {"methods": {}, "tasks": []}
         out: dict[str, Any] = {"nights": len(retention["tasks"]), "probes": sum(t["probes"] for t in result["tasks"]),
@@ -165,7 +168,7 @@ def world_model_dir(ws: Workspace, settings: dict[str, Any]) -> Path:
 
 
 READING_ANCHORS = "reading_anchors.txt"  # beside the world model: --set seed.ks_anchor_file=<it>
-DRIFT_TEXT = "drift_text.txt"  # beside the world model: --set seed.ks_drift_text=<it> (with seed.ks_drift_budget)
+DRIFT_TEXT = "drift_text.txt"  # beside the world model: the guard's text when seed.ks_drift_budget > 0 (harness)
 
 
 def ensure_world_model(ws: Workspace, settings: dict[str, Any], dtype: str = "float32") -> Path:
