@@ -111,7 +111,7 @@ def test_world_model_is_pretrained_once_then_reused(ws, monkeypatch):
 
 def test_the_guard_reads_the_worlds_drift_text_unless_one_is_named(ws):
     bench = NightsBenchmark(**TINY)
-    off = load_params(ws.root / "params.yaml")
+    off = load_params(ws.root / "params.yaml", {"seed.ks_drift_budget": 0.0})
     assert harness.with_drift_text(bench, ws, off) is off  # guard off: nothing to choose
     on = load_params(ws.root / "params.yaml", {"seed.ks_drift_budget": 0.05})
     chosen = harness.with_drift_text(bench, ws, on).seed.ks_drift_text
