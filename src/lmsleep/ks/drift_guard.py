@@ -1,6 +1,6 @@
 """The drift guard: after a KS night, shrink the new expert until a general text's perplexity rises by at most a budget.
 
-    guard = keep_within_drift(cms, tokenizer, read_drift_text(""), budget=0.06, max_tokens=1024)
+    guard = keep_within_drift(cms, tokenizer, read_drift_text(""), budget=0.08)   # seed.ks_drift_budget
     guard["scale"]     # what every active expert's B was multiplied by (1.0: the night was already inside)
 
 Why: the promotion gate refuses a night whose reference perplexity rose past promote.max_perplexity_increase, and a
@@ -32,7 +32,7 @@ DRIFT_TOKENS = 2048  # the bundled text is ~1,500 SmolLM2 tokens: all of it (the
 
 
 def read_drift_text(path: str | Path) -> str:
-    """The guard's general text ('' = the bundled one); '#' lines at the top of the bundled file are its header."""
+    """The guard's general text ('' = the bundled one); '#' lines are comments (the bundled file's header)."""
     text = Path(path or BUNDLED_DRIFT_TEXT).read_text(encoding="utf-8")
     body = "\n".join(line for line in text.splitlines() if not line.startswith("#")).strip()
     if not body:
