@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from lmsleep.cms import CMSConfig, LevelSpec, wrap_model  # noqa: E402
+from lmsleep.cms.experts import decoder_layers  # noqa: E402
 from lmsleep.config import load_params  # noqa: E402
 from lmsleep.generation import generate_answers, perplexity  # noqa: E402
 from lmsleep.grading import grade  # noqa: E402
@@ -44,7 +45,7 @@ def mean_gates(cms, tokenizer, index: int, texts: list[str]) -> dict[str, float]
     tell tonight's topics from general text?)."""
     seen: dict[str, list[float]] = {}
     hooks = []
-    layers = cms.base.model.layers
+    layers = decoder_layers(cms.base)
     for name, router in cms.level(LEVEL).routers.items():
         def hook(module, args, kwargs, router=router, name=name):
             hidden = args[0] if args else next(iter(kwargs.values()))

@@ -28,6 +28,7 @@ import torch
 
 from lmsleep.allocator import return_freed_memory
 from lmsleep.cms import CMSConfig, LevelSpec, wrap_model
+from lmsleep.distributed import process_group
 from lmsleep.ks.consolidate import expert_layers, night_steps
 from lmsleep.ks.drift_guard import keep_within_drift, read_drift_text
 from lmsleep.ks.samples import sentences
@@ -43,14 +44,15 @@ def consolidate_by_sender(model, tokenizer, memories: list[dict[str, Any]], cfg,
     `context_options` (replay, anchors, teacher_cache, teacher_id), which only the context sender reads.
 
     With cfg.ks_drift_budget > 0 the night's expert is then scaled into the budget on `drift_text` (None: read
-    cfg.ks_drift_text, '' = the bundled text; lmsleep.ks.drift_guard), reported in stats["drift_guard"]."""
+    cfg.ks_drift_text, '' = the bundled text; lmsleep.ks.drift_guard), reported in stats["drift_guard"]; in a
+    data-parallel seed only rank 0, the one that exports the expert, runs it."""
     if cfg.ks_sender == "fast_level":
         cms, losses, stats = seed_through_fast_level(model, tokenizer, memories, cfg)
     else:
         from lmsleep.ks.consolidate import consolidate_memories
 
         cms, losses, stats = consolidate_memories(model, tokenizer, memories, cfg, **context_options)
-    if cfg.ks_drift_budget > 0:
+    if cfg.ks_drift_budget > 0 and process_group()[0] == 0:  # only rank 0 exports the expert: elsewhere it is waste
         guard = keep_within_drift(cms, tokenizer, read_drift_text(cfg.ks_drift_text) if drift_text is None
                                   else drift_text, cfg.ks_drift_budget)
         print(f"seed/ks drift guard: general-text perplexity {guard['perplexity_before']:.2f} -> "
