@@ -96,8 +96,12 @@ def test_an_expert_inside_the_budget_is_left_bit_identical(tiny):
 def test_the_guard_refuses_a_budget_of_zero_and_a_model_without_an_active_expert(tiny):
     _, ws = tiny
     cms, tokenizer, index = expert_model(ws, std=0.1)
-    with pytest.raises(ValueError, match="budget must be > 0"):
+    with pytest.raises(ValueError, match="needs a budget > 0"):
         keep_within_drift(cms, tokenizer, "some general text here", 0.0)
+    with pytest.raises(ValueError, match="drift budget must be >= 0"):
+        keep_within_drift(cms, tokenizer, "some general text here", -0.1)
+    with pytest.raises(ValueError, match="needs reading items"):
+        keep_within_drift(cms, tokenizer, None, 0.0, reading=[], reading_budget=0.05)
     cms.reset_expert("night", index)
     with pytest.raises(ValueError, match="no CMS level has an active expert"):
         keep_within_drift(cms, tokenizer, "some general text here", 0.05)

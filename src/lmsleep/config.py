@@ -201,6 +201,12 @@ class SeedConfig:
     ks_drift_text: str = _f("", "ks: the drift guard's general text; '' = the bundled src/lmsleep/ks/drift_text.txt. "
                                 "Never the evaluate stage's reference text (refused: the gate would measure what "
                                 "the night was tuned on)")
+    ks_reading_budget: float = _f(0.0, "ks: the drift guard's second check: the expert is also scaled down until the "
+                                        "answers' perplexity on ks_reading_file's reading items (a text in context, "
+                                        "a question, its answer) rises by at most this fraction, so tonight's expert "
+                                        "leaves tomorrow's teacher reading; 0 = off (lmsleep.ks.drift_guard)")
+    ks_reading_file: str = _f("", "ks: the reading check's items, JSON lines with text/question/answer; '' = the "
+                                  "bundled src/lmsleep/ks/reading_guard.jsonl (held out: never probes, never trained)")
     ks_reading_share: float = _f(0.0, "ks: share of tonight's prompts also trained with the memory in context on BOTH "
                                       "sides (teacher = the model as it is, the same y): the new expert must leave "
                                       "in-context reading alone, or tomorrow's teacher reads worse (lmsleep.ks."

@@ -102,6 +102,11 @@ class Benchmark:
         seed.ks_drift_text given); None = the bundled English text (lmsleep.ks.drift_guard)."""
         return None
 
+    def reading_guard_file(self, ws: Workspace, params: Params) -> Path | None:
+        """The same for the guard's reading items (seed.ks_reading_budget > 0 and no seed.ks_reading_file given);
+        None = the bundled English items."""
+        return None
+
     def grade(self, prediction: str, answer: str, params: Params) -> dict[str, Any]:
         """{"correct": bool, "f1": float in [0, 1], ...} for one probe; default: the evaluate stage's grading."""
         return grade(prediction, answer, params.evaluate.f1_threshold)
@@ -253,13 +258,16 @@ def memory_mode(params: Params, mode: str, explicit: dict[str, Any] | None = Non
 
 
 def with_drift_text(bench: Benchmark, ws: Workspace, params: Params) -> Params:
-    """params with the benchmark's own drift-guard text when the guard is on and the user named none (a world model
-    measures its drift on world text, as its reference is world text)."""
-    if params.seed.ks_drift_budget <= 0 or params.seed.ks_drift_text:
-        return params
-    own = bench.drift_text_file(ws, params)
-    return params if own is None else dataclasses.replace(
-        params, seed=dataclasses.replace(params.seed, ks_drift_text=str(own)))
+    """params with the benchmark's own drift-guard text and reading items where the guard's check is on and the user
+    named none (a world model measures its drift on world text, as its reference is world text)."""
+    seed_cfg = params.seed
+    if seed_cfg.ks_drift_budget > 0 and not seed_cfg.ks_drift_text:
+        own = bench.drift_text_file(ws, params)
+        seed_cfg = seed_cfg if own is None else dataclasses.replace(seed_cfg, ks_drift_text=str(own))
+    if seed_cfg.ks_reading_budget > 0 and not seed_cfg.ks_reading_file:
+        own = bench.reading_guard_file(ws, params)
+        seed_cfg = seed_cfg if own is None else dataclasses.replace(seed_cfg, ks_reading_file=str(own))
+    return params if seed_cfg is params.seed else dataclasses.replace(params, seed=seed_cfg)
 
 
 def run(bench: Benchmark, params: Params, ws: Workspace, seeds: int, limit: int | None = None,

@@ -238,7 +238,8 @@ def _ks_stats(stats: dict[str, Any], cfg: SeedConfig, receiver: str) -> dict[str
     keep["dropped"] = {"invented": sum(bool(d["ungrounded"]) for d in dropped),
                        "off_sentence": sum("off_sentence" in d for d in dropped)}
     if "drift_guard" in stats:  # seed.ks_drift_budget: what the night's expert was scaled by, and the rise it left
-        keep["drift_guard"] = {k: stats["drift_guard"][k] for k in ("scale", "rise_full", "rise_left")}
+        keep["drift_guard"] = {k: v for k, v in stats["drift_guard"].items()
+                               if k in ("scale", "rise_full", "rise_left", "reading_rise_full", "reading_rise_left")}
     return keep | {"receiver": receiver, "ks_lambda": cfg.ks_lambda, "ks_divergence": cfg.ks_divergence,
                    "ks_alpha": cfg.ks_alpha, "ks_gamma": cfg.ks_gamma, "lti_steps": len(stats.get("lti_rewards", []))}
 

@@ -101,6 +101,9 @@ class NightsBenchmark(Benchmark):
     def drift_text_file(self, ws: Workspace, params: Params) -> Path:
         return self.base_model(ws, params) / DRIFT_TEXT  # written beside the world model (ensure_world_model)
 
+    def reading_guard_file(self, ws: Workspace, params: Params) -> Path:
+        return self.base_model(ws, params) / READING_GUARD  # the same
+
     def headline(self, result: dict[str, Any]) -> dict[str, Any]:
         retention = result.get("retention") or {"methods": {}, "tasks": []}
         out: dict[str, Any] = {"nights": len(retention["tasks"]), "probes": sum(t["probes"] for t in result["tasks"]),
@@ -169,6 +172,7 @@ def world_model_dir(ws: Workspace, settings: dict[str, Any]) -> Path:
 
 READING_ANCHORS = "reading_anchors.txt"  # beside the world model: --set seed.ks_anchor_file=<it>
 DRIFT_TEXT = "drift_text.txt"  # beside the world model: the guard's text when seed.ks_drift_budget > 0 (harness)
+READING_GUARD = "reading_guard.jsonl"  # beside it too: the guard's reading items when seed.ks_reading_budget > 0
 
 
 def ensure_world_model(ws: Workspace, settings: dict[str, Any], dtype: str = "float32") -> Path:
@@ -187,6 +191,10 @@ def ensure_world_model(ws: Workspace, settings: dict[str, Any], dtype: str = "fl
     if not drift.exists():
         atomic_write_bytes(drift, ("# the drift guard's world text for seed.ks_drift_text (lmsleep.bench.world."
                                    "drift_text)\n" + world_of(settings).drift_text() + "\n").encode("utf-8"))
+    reading = dest / READING_GUARD
+    if not reading.exists():
+        atomic_write_bytes(reading, "".join(json.dumps(item) + "\n" for item in world_of(settings).reading_guard())
+                           .encode("utf-8"))
     return dest
 
 

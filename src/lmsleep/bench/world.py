@@ -234,6 +234,20 @@ class World:
             out.append(question_messages(fact.question(rng, "writer"), self.text(person, rng))[0]["content"])
         return out
 
+    def reading_guard(self, count: int = 48) -> list[dict[str, str]]:
+        """`count` held-out reading items about throw-away people ({"text", "question" in WRITER wording, "answer"}):
+        the drift guard's reading check (seed.ks_reading_file). Drawn apart from the reading anchors (its own
+        random stream), so what the guard measures is never what a night trained on. The answer starts with a space,
+        as the world model's replies do (lmsleep.bench.nights._encode)."""
+        rng = random.Random(f"reading-guard-{self.seed}")
+        out = []
+        for _ in range(count):
+            person = self.fresh_person(rng, rng.randint(1, 3))
+            fact = rng.choice(person.facts)
+            out.append({"text": self.text(person, rng), "question": fact.question(rng, "writer"),
+                        "answer": " " + fact.value})
+        return out
+
     # ------------------------------------------------------------ the pretraining corpus
 
     def pretraining_examples(self, count: int, seed: int = 0) -> list[dict[str, Any]]:

@@ -30,7 +30,8 @@ from lmsleep.allocator import return_freed_memory
 from lmsleep.cms import CMSConfig, LevelSpec, wrap_model
 from lmsleep.distributed import process_group
 from lmsleep.ks.consolidate import expert_layers, night_steps
-from lmsleep.ks.drift_guard import keep_within_drift, read_drift_text
+from lmsleep.ks.drift_guard import (describe_guard, keep_within_drift, read_drift_text,
+                                     read_reading_items)
 from lmsleep.ks.samples import sentences
 from lmsleep.ks.senders import OnlineFastLevelUpdater, consolidate_fast_level
 
@@ -38,26 +39,29 @@ AWAKE, NIGHT = "awake", "night"  # the sender (fast, written while awake) and th
 
 
 def consolidate_by_sender(model, tokenizer, memories: list[dict[str, Any]], cfg, drift_text: str | None = None,
-                          **context_options):
+                          reading: list[dict[str, str]] | None = None, **context_options):
     """Tonight's KS night from the sender `cfg.ks_sender` names (the seed stage's and the benchmarks' one dispatch):
     fast_level -> seed_through_fast_level; context -> lmsleep.ks.consolidate.consolidate_memories with
     `context_options` (replay, anchors, teacher_cache, teacher_id), which only the context sender reads.
 
     With cfg.ks_drift_budget > 0 the night's expert is then scaled into the budget on `drift_text` (None: read
-    cfg.ks_drift_text, '' = the bundled text; lmsleep.ks.drift_guard), reported in stats["drift_guard"]; in a
-    data-parallel seed only rank 0, the one that exports the expert, runs it."""
+    cfg.ks_drift_text, '' = the bundled text; lmsleep.ks.drift_guard) and, with cfg.ks_reading_budget > 0, into that
+    budget on `reading` (None: read cfg.ks_reading_file); reported in stats["drift_guard"]; in a data-parallel seed only
+    rank 0, the one that exports the expert, runs it."""
     if cfg.ks_sender == "fast_level":
         cms, losses, stats = seed_through_fast_level(model, tokenizer, memories, cfg)
     else:
         from lmsleep.ks.consolidate import consolidate_memories
 
         cms, losses, stats = consolidate_memories(model, tokenizer, memories, cfg, **context_options)
-    if cfg.ks_drift_budget > 0 and process_group()[0] == 0:  # only rank 0 exports the expert: elsewhere it is waste
-        guard = keep_within_drift(cms, tokenizer, read_drift_text(cfg.ks_drift_text) if drift_text is None
-                                  else drift_text, cfg.ks_drift_budget)
-        print(f"seed/ks drift guard: general-text perplexity {guard['perplexity_before']:.2f} -> "
-              f"{guard['perplexity_full']:.2f} ({guard['rise_full']:+.1%}), budget {cfg.ks_drift_budget:+.1%}: "
-              f"expert scaled by {guard['scale']:.3f} -> {guard['perplexity_left']:.2f} ({guard['rise_left']:+.1%})")
+    if (cfg.ks_drift_budget > 0 or cfg.ks_reading_budget > 0) and process_group()[0] == 0:  # rank 0 exports
+        text = None if cfg.ks_drift_budget <= 0 else read_drift_text(cfg.ks_drift_text) if drift_text is None \
+            else drift_text
+        if reading is None and cfg.ks_reading_budget > 0:
+            reading = read_reading_items(cfg.ks_reading_file)
+        guard = keep_within_drift(cms, tokenizer, text, cfg.ks_drift_budget, reading=reading,
+                                  reading_budget=cfg.ks_reading_budget)
+        print(describe_guard(guard))
         stats["drift_guard"] = guard
     return cms, losses, stats
 

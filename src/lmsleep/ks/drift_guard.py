@@ -12,13 +12,22 @@ linear delta (B A alpha/r), so the adapter export and the merged checkpoint rema
 The guard reads its own bundled text (src/lmsleep/ks/drift_text.txt), never the evaluate stage's reference text: a
 night tuned on the gate's own measure would make the gate meaningless (the seed stage refuses that file).
 
+The reading check (seed.ks_reading_budget, off by default): a night can also erode in-context reading, which no
+perplexity on plain text sees, and tomorrow's teacher is the model reading tomorrow's memory (on the 30-night stream
+ks_lr 3e-3 read the next night's memory right 63% of the time against 77%). With it on, s must also keep the answers'
+perplexity on held-out reading items (a short text, a question about it, its answer; never a probe, never trained
+on) within its own budget; the bundled items are src/lmsleep/ks/reading_guard.jsonl.
+
 Search: the rise r(s) = ppl(s) / ppl(0) - 1 grows with s near 0 (the expert is a small perturbation there), so the
 largest s in [0, 1] with r(s) <= budget is found by bisection; every s returned was measured inside the budget.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -26,8 +35,10 @@ from typing import Any
 import torch
 
 from lmsleep.generation import perplexity
+from lmsleep.prompts import question_messages
 
 BUNDLED_DRIFT_TEXT = Path(__file__).with_name("drift_text.txt")
+BUNDLED_READING = Path(__file__).with_name("reading_guard.jsonl")  # seed.ks_reading_file
 DRIFT_TOKENS = 2048  # the bundled text is ~1,500 SmolLM2 tokens: all of it (the reference check reads up to 1,024)
 
 
@@ -63,36 +74,119 @@ def _scale_b(cms, factor: float, originals: dict[int, torch.Tensor]) -> None:
                 b.copy_(original * factor)
 
 
-def keep_within_drift(cms, tokenizer, text: str, budget: float, max_tokens: int = DRIFT_TOKENS,
-                      bisections: int = 6) -> dict[str, Any]:
+def read_reading_items(path: str | Path) -> list[dict[str, str]]:
+    """The reading guard's items ('' = the bundled src/lmsleep/ks/reading_guard.jsonl): one JSON object per line with
+    "text", "question" and "answer", each a non-empty string; blank lines are skipped. A bad line is an error naming
+    the line, never skipped."""
+    source = Path(path or BUNDLED_READING)
+    items = []
+    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"seed.ks_reading_file {source}:{number}: not JSON ({err.msg})") from None
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k].strip()
+                                                 for k in ("text", "question", "answer")):
+            raise ValueError(f"seed.ks_reading_file {source}:{number}: needs non-empty strings "
+                             "\"text\", \"question\" and \"answer\"")
+        items.append({k: item[k] for k in ("text", "question", "answer")})
+    if not items:
+        raise ValueError(f"seed.ks_reading_file {source}: no reading items")
+    return items
+
+
+@torch.no_grad()
+def reading_perplexity(model, tokenizer, items: list[dict[str, str]]) -> float:
+    """exp(mean loss of the answer tokens) with each item's text in context, put in the evaluate stage's prompt format
+    (lmsleep.prompts.question_messages, the chat template's generation prompt, then the answer): how well the model
+    reads a text it is given. Teacher-forced, one item at a time (no padding to get wrong). The answer is scored
+    exactly as the file writes it, leading space included: a model whose replies start with a space (the world model
+    of lmsleep.bench.nights) is scored on " Saenzil", the bundled SmolLM2 items on "Ines Barrowdale"."""
+    device = next(model.parameters()).device
+    total, counted = 0.0, 0
+    for item in items:
+        prompt = tokenizer.apply_chat_template(question_messages(item["question"], item["text"]), tokenize=False,
+                                               add_generation_prompt=True)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(item["answer"], add_special_tokens=False)["input_ids"]  # as written: see below
+        ids = torch.tensor([prompt_ids + answer_ids], device=device)
+        labels = ids.clone()
+        labels[0, : len(prompt_ids)] = -100  # only the answer is scored
+        total += float(model(input_ids=ids, labels=labels).loss) * len(answer_ids)
+        counted += len(answer_ids)
+    return math.exp(total / counted)
+
+
+def keep_within_drift(cms, tokenizer, text: str | None, budget: float, max_tokens: int = DRIFT_TOKENS,
+                      bisections: int = 6, reading: list[dict[str, str]] | None = None,
+                      reading_budget: float = 0.0) -> dict[str, Any]:
     """Scale the active experts of `cms` so that `text`'s perplexity rises by at most `budget` (a fraction) over the
-    same model without them. Returns what was measured: perplexity before, at full strength and as left, the scale,
-    and how many perplexity passes it took (each ~max_tokens tokens forward)."""
-    if budget <= 0:
-        raise ValueError(f"the drift budget must be > 0, got {budget}")
+    same model without them and, with `reading` and reading_budget > 0, the answers' perplexity on those reading items
+    (reading_perplexity) by at most reading_budget; a budget of 0 turns its check off (at least one must be on).
+    Returns what was measured: each check's value before, at full strength and as left, the scale, and how many
+    measuring passes it took (each one over the text's max_tokens and/or the reading items)."""
+    checks: dict[str, tuple[Callable[[], float], float]] = {}
+    if budget > 0:
+        if not text:
+            raise ValueError("the drift guard needs a text to measure perplexity on")
+        checks["perplexity"] = (lambda: perplexity(cms.base, tokenizer, text, max_tokens), budget)
+    elif budget < 0:
+        raise ValueError(f"the drift budget must be >= 0, got {budget}")
+    if reading_budget > 0:
+        if not reading:
+            raise ValueError("the reading guard needs reading items (seed.ks_reading_file)")
+        checks["reading"] = (lambda: reading_perplexity(cms.base, tokenizer, reading), reading_budget)
+    elif reading_budget < 0:
+        raise ValueError(f"the reading budget must be >= 0, got {reading_budget}")
+    if not checks:
+        raise ValueError("the drift guard needs a budget > 0: seed.ks_drift_budget or seed.ks_reading_budget")
     if not _active(cms):
         raise ValueError("the drift guard needs the night's expert active: no CMS level has an active expert")
     started = time.perf_counter()
-    model = cms.base
+
+    def measure() -> dict[str, float]:
+        return {name: fn() for name, (fn, _) in checks.items()}
+
+    def inside(measured: dict[str, float]) -> bool:
+        return all(measured[name] / before[name] - 1.0 <= limit for name, (_, limit) in checks.items())
+
     with _without_experts(cms):
-        before = perplexity(model, tokenizer, text, max_tokens)
-    full = perplexity(model, tokenizer, text, max_tokens)
+        before = measure()
+    full = measure()
     passes, scale, left = 2, 1.0, full
-    if full / before - 1.0 > budget:
+    if not inside(full):
         originals: dict[int, torch.Tensor] = {}
-        low, low_ppl, high = 0.0, before, 1.0
+        low, low_measured, high = 0.0, before, 1.0
         for _ in range(bisections):
             mid = (low + high) / 2
             _scale_b(cms, mid, originals)
-            measured = perplexity(model, tokenizer, text, max_tokens)
+            measured = measure()
             passes += 1
-            if measured / before - 1.0 <= budget:
-                low, low_ppl = mid, measured
+            if inside(measured):
+                low, low_measured = mid, measured
             else:
                 high = mid
         _scale_b(cms, low, originals)
-        scale, left = low, low_ppl
-    return {"budget": budget, "scale": scale, "perplexity_before": round(before, 4),
-            "perplexity_full": round(full, 4), "perplexity_left": round(left, 4),
-            "rise_full": round(full / before - 1.0, 4), "rise_left": round(left / before - 1.0, 4),
-            "perplexity_passes": passes, "tokens": max_tokens, "seconds": round(time.perf_counter() - started, 1)}
+        scale, left = low, low_measured
+    out: dict[str, Any] = {"budget": budget, "scale": scale}
+    for name, prefix in (("perplexity", ""), ("reading", "reading_")):
+        if name in checks:
+            out |= {f"{prefix}{key}": round(value, 4) for key, value in (
+                ("perplexity_before", before[name]), ("perplexity_full", full[name]),
+                ("perplexity_left", left[name]), ("rise_full", full[name] / before[name] - 1.0),
+                ("rise_left", left[name] / before[name] - 1.0))}
+    if "reading" in checks:
+        out |= {"reading_budget": reading_budget, "reading_items": len(reading or [])}
+    return out | {"perplexity_passes": passes, "tokens": max_tokens if budget > 0 else 0,
+                  "seconds": round(time.perf_counter() - started, 1)}
+
+
+def describe_guard(guard: dict[str, Any]) -> str:
+    """One log line for what keep_within_drift measured and did."""
+    parts = [f"{what} {guard[p + 'perplexity_before']:.2f} -> {guard[p + 'perplexity_full']:.2f} "
+             f"({guard[p + 'rise_full']:+.1%}, budget {guard[limit]:+.1%}), left {guard[p + 'rise_left']:+.1%}"
+             for what, p, limit in (("general-text perplexity", "", "budget"),
+                                    ("reading perplexity", "reading_", "reading_budget")) if p + "rise_full" in guard]
+    return f"seed/ks drift guard: expert scaled by {guard['scale']:.3f}: " + "; ".join(parts)

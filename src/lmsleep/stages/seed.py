@@ -208,6 +208,7 @@ def guard_text(ws, params) -> str:
 def _consolidate_ks(ws, params, parent, memories, model, tokenizer) -> dict[str, Any]:
     from lmsleep.cms import export_peft_adapter
     from lmsleep.ks.awake import consolidate_by_sender
+    from lmsleep.ks.drift_guard import read_reading_items
     from lmsleep.ks.samples import read_anchor_prompts
 
     night, out_dir = params.night.id, ws.night_model(params.night.id)
@@ -225,8 +226,11 @@ def _consolidate_ks(ws, params, parent, memories, model, tokenizer) -> dict[str,
     if cfg.ks_sender == "fast_level" and world > 1:
         raise ValueError("seed.ks_sender 'fast_level' trains in one process: unset seed.accelerate_config")
     drift_text = guard_text(ws, params) if cfg.ks_drift_budget > 0 else None
-    cms, losses, stats = consolidate_by_sender(model, tokenizer, memories, cfg, drift_text=drift_text, replay=replay,
-                                               teacher_cache=cache, teacher_id=teacher_id, anchors=anchors)
+    reading = read_reading_items(ws.resolve(cfg.ks_reading_file) if cfg.ks_reading_file else "") \
+        if cfg.ks_reading_budget > 0 else None
+    cms, losses, stats = consolidate_by_sender(model, tokenizer, memories, cfg, drift_text=drift_text, reading=reading,
+                                               replay=replay, teacher_cache=cache, teacher_id=teacher_id,
+                                               anchors=anchors)
     summary = {"night": night, "method": "ks", "sender": cfg.ks_sender, "memories": len(memories),
                "steps": len(losses), "processes": world,
                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
