@@ -107,6 +107,15 @@ def test_world_model_is_pretrained_once_then_reused(ws, monkeypatch):
     reserved = world.reserved_names() | {p.name for p in world.people}
     assert not [name for name in reserved if name in drift] and not set(drift.split("\n\n")) & set(anchors)
     assert drift not in world.reference_text and world.reference_text not in drift
+    # and its reading items: about people no night, reference, anchor or drift text names; answers as replies start
+    from lmsleep.ks.drift_guard import read_reading_items
+
+    reading = read_reading_items(path / nights.READING_GUARD)
+    assert reading == world.reading_guard() and len(reading) == 48
+    assert all(item["answer"].startswith(" ") and item["answer"].strip() in item["text"] for item in reading)
+    assert not [n for n in reserved if any(n in item["text"] for item in reading)]
+    assert not {item["text"] for item in reading} & {a.split("\n")[1] for a in anchors if "\n" in a}
+    assert not [item for item in reading if item["text"] in drift]
 
 
 def test_the_guard_reads_the_worlds_drift_text_unless_one_is_named(ws):
@@ -119,6 +128,14 @@ def test_the_guard_reads_the_worlds_drift_text_unless_one_is_named(ws):
     named = load_params(ws.root / "params.yaml", {"seed.ks_drift_budget": 0.05, "seed.ks_drift_text": "mine.txt"})
     assert harness.with_drift_text(bench, ws, named).seed.ks_drift_text == "mine.txt"
     assert harness.Benchmark().drift_text_file(ws, on) is None  # the bundled text for SmolLM2's benchmarks
+    # the reading check likewise: the world's own items unless a file is named; the drift text stays as it was
+    reading = load_params(ws.root / "params.yaml", {"seed.ks_drift_budget": 0.0, "seed.ks_reading_budget": 0.05})
+    chosen = harness.with_drift_text(bench, ws, reading).seed
+    assert chosen.ks_reading_file == str(bench.base_model(ws, reading) / nights.READING_GUARD)
+    assert chosen.ks_drift_text == ""
+    mine = load_params(ws.root / "params.yaml", {"seed.ks_reading_budget": 0.05, "seed.ks_reading_file": "r.jsonl"})
+    assert harness.with_drift_text(bench, ws, mine).seed.ks_reading_file == "r.jsonl"
+    assert harness.Benchmark().reading_guard_file(ws, on) is None
 
 
 def test_reading_anchors_are_about_throwaway_people_and_never_probes():

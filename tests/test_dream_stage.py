@@ -140,3 +140,16 @@ def test_dream_params_are_checked():
     with pytest.raises(ValueError, match="dream.enabled must be bool"):
         params_from_dict({"dream": {"enabled": "yes"}})
     assert params_from_dict({"dream": {"enabled": False, "top_k": 3}}).dream.top_k == 3
+
+
+def test_rehearsal_is_guarded_again_and_the_guard_is_logged(night):
+    params, ws = night
+    params.seed.method = "ks"
+    params.seed.ks_drift_budget, params.seed.ks_reading_budget = 1e-9, 1e-9  # any rise is past: both must act
+    seed.run(params, ws)
+    summary = dream.run(params, ws)
+    assert summary["rehearsed"] is True
+    guard = read_json(ws.night_dream("n1") / "dream_log.json")["stats"]["drift_guard"]
+    assert summary["drift_guard_scale"] == guard["scale"] < 1.0  # the rehearsed expert was scaled back into both
+    assert guard["rise_left"] <= 1e-9 and guard["reading_rise_left"] <= 1e-9
+    assert guard["rise_full"] > 1e-9 or guard["reading_rise_full"] > 1e-9

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ from tinyworld import CANARY_A, CANARY_Q, memory, tiny_workspace
 from lmsleep.cms import CMSConfig, LevelSpec, wrap_model
 from lmsleep.config import load_params
 from lmsleep.generation import perplexity
-from lmsleep.ks.drift_guard import DRIFT_TOKENS, keep_within_drift, read_drift_text
+from lmsleep.ks.drift_guard import (DRIFT_TOKENS, keep_within_drift, read_drift_text, read_reading_items,
+                                   reading_perplexity)
 from lmsleep.ks.samples import BUNDLED_ANCHORS
 from lmsleep.memory import write_jsonl
 from lmsleep.models import load_base
@@ -107,6 +109,79 @@ def test_the_guard_refuses_a_budget_of_zero_and_a_model_without_an_active_expert
         keep_within_drift(cms, tokenizer, "some general text here", 0.05)
 
 
+def reading_rise(cms, tokenizer, items, index):
+    with cms.experts_off("night", [index]):
+        before = reading_perplexity(cms.base, tokenizer, items)
+    return reading_perplexity(cms.base, tokenizer, items) / before - 1.0
+
+
+def test_the_reading_check_alone_scales_the_expert_into_its_budget(tiny):
+    _, ws = tiny
+    cms, tokenizer, index = expert_model(ws, std=2.0)
+    items = read_reading_items("")[:8]
+    full = reading_rise(cms, tokenizer, items, index)
+    assert full > 1e-3
+    budget = full / 4
+    a_before, b_before, _ = snapshot(cms, index)
+
+    guard = keep_within_drift(cms, tokenizer, None, 0.0, reading=items, reading_budget=budget)
+
+    scale = guard["scale"]
+    assert 0.0 < scale < 1.0 and guard["reading_rise_full"] == pytest.approx(full, abs=1e-4)
+    assert "perplexity_before" not in guard and guard["reading_items"] == 8  # the text check was off
+    pools = cms.level("night").pools
+    assert all(torch.equal(p.A[index], a_before[k]) and torch.equal(p.B[index], b_before[k] * scale)
+               for k, p in pools.items())
+    left = reading_rise(cms, tokenizer, items, index)
+    assert left <= budget and left == pytest.approx(guard["reading_rise_left"], abs=1e-4)
+    with torch.no_grad():
+        for key, pool in pools.items():
+            pool.B[index].copy_(b_before[key] * (scale + 1 / 64))
+    assert reading_rise(cms, tokenizer, items, index) > budget
+
+
+def test_with_both_checks_the_expert_keeps_both_budgets(tiny):
+    _, ws = tiny
+    text, items = read_drift_text(""), read_reading_items("")[:8]
+    cms, tokenizer, index = expert_model(ws, std=2.0)
+    text_budget, reading_budget = rise(cms, tokenizer, text, index) / 3, reading_rise(cms, tokenizer, items, index) / 3
+    text_alone = keep_within_drift(cms, tokenizer, text, text_budget)["scale"]
+    cms, tokenizer, index = expert_model(ws, std=2.0)  # the same expert again, unscaled
+    reading_alone = keep_within_drift(cms, tokenizer, None, 0.0, reading=items, reading_budget=reading_budget)["scale"]
+    cms, tokenizer, index = expert_model(ws, std=2.0)
+    both = keep_within_drift(cms, tokenizer, text, text_budget, reading=items, reading_budget=reading_budget)
+    assert 0.0 < both["scale"] <= min(text_alone, reading_alone) < 1.0
+    assert both["rise_left"] <= text_budget and both["reading_rise_left"] <= reading_budget
+    assert rise(cms, tokenizer, text, index) <= text_budget
+    assert reading_rise(cms, tokenizer, items, index) <= reading_budget
+
+
+def test_reading_items_that_cannot_be_read_are_refused_with_their_line(tmp_path):
+    bad = tmp_path / "reading.jsonl"
+    bad.write_text('{"text": "Ada keeps bees.", "question": "What does Ada keep?", "answer": "bees"}\n\nnot json\n')
+    with pytest.raises(ValueError, match=r"reading.jsonl:3: not JSON"):
+        read_reading_items(bad)
+    bad.write_text('{"text": "Ada keeps bees.", "question": "What does Ada keep?", "answer": " "}\n')
+    with pytest.raises(ValueError, match=r"reading.jsonl:1: needs non-empty strings"):
+        read_reading_items(bad)
+    bad.write_text("\n")
+    with pytest.raises(ValueError, match="no reading items"):
+        read_reading_items(bad)
+
+
+def test_the_bundled_reading_items_are_held_out_from_the_night_the_gate_and_the_anchors():
+    items = read_reading_items("")
+    assert len(items) == 24 and all(i["answer"].lower() in i["text"].lower() for i in items)
+    demo = [json.loads(line) for day in sorted(Path("data/demo").glob("*.jsonl"))
+            for line in day.read_text(encoding="utf-8").splitlines() if line.strip()]
+    probes = {p["question"] for m in demo for p in m.get("probes", [])}
+    assert demo and probes and not probes & {i["question"] for i in items}
+    ours = shingles(" ".join(i["text"] + " " + i["question"] for i in items))
+    for other in (" ".join(m["text"] for m in demo), open(REPO_REFERENCE, encoding="utf-8").read(),
+                  BUNDLED_ANCHORS.read_text(encoding="utf-8"), read_drift_text("")):
+        assert not ours & shingles(other)
+
+
 def shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
     words = re.findall(r"[a-z]+", text.lower())
     return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
@@ -140,6 +215,16 @@ def test_the_seed_stage_guards_the_night_and_logs_it(tiny):
     guard = log["ks"]["drift_guard"]
     assert summary["drift_guard_scale"] == guard["scale"] < 1.0
     assert guard["rise_left"] <= params.seed.ks_drift_budget and guard["rise_full"] > guard["rise_left"]
+
+
+def test_the_seed_stage_runs_the_reading_check_alone_and_logs_it(tiny):
+    params, ws = tiny
+    night_with_memories(params, ws)
+    params.seed.ks_drift_budget, params.seed.ks_reading_budget = 0.0, 1e-9  # only the reading check, past at once
+    summary = seed.run(params, ws)
+    guard = json.loads((ws.night_model(params.night.id) / "train_log.json").read_text())["ks"]["drift_guard"]
+    assert summary["drift_guard_scale"] == guard["scale"] < 1.0 and guard["reading_items"] == 24
+    assert guard["reading_rise_left"] <= 1e-9 < guard["reading_rise_full"] and "rise_left" not in guard
 
 
 def test_the_seed_stage_refuses_a_copy_of_the_reference_text(tiny):

@@ -30,6 +30,7 @@ from lmsleep.dream.select import score_dreams, select
 from lmsleep.dream.task import TaskItem, build_tasks, tau_value
 from lmsleep.dream.trial import train_and_test
 from lmsleep.ks.consolidate import LEVEL
+from lmsleep.ks.drift_guard import guard_night
 
 
 @dataclass
@@ -50,13 +51,16 @@ class DreamResult:
 
 def dream_and_rehearse(cms, tokenizer, memories: list[dict[str, Any]], seed_cfg, dream_cfg, expert_index: int = 0,
                        level: str = LEVEL, writer: str | Path | WriterState | None = None,
-                       night_rows: list[dict[str, Any]] | None = None) -> DreamResult:
+                       night_rows: list[dict[str, Any]] | None = None, drift_text: str | None = None,
+                       reading: list[dict[str, str]] | None = None) -> DreamResult:
     """Dream about `memories` and rehearse tonight's expert (`expert_index` of `level`) on the accepted dreams.
 
     `cms` may have no free expert slot (consolidate_memories makes exactly one): then it is rewrapped with one more
     (`result.cms` is the object to use afterwards). `writer`: None (a fresh LoRA writer), a saved writer folder, or
     the WriterState of an earlier call. `night_rows`: the seed night's train_texts rows, mixed into rehearsal at
-    dream_cfg.rehearsal_night_share (lmsleep.dream.rehearse)."""
+    dream_cfg.rehearsal_night_share (lmsleep.dream.rehearse). Rehearsal trains tonight's expert again, so the seed's
+    drift guard (seed_cfg.ks_drift_budget / ks_reading_budget on `drift_text` / `reading`, None = the files seed_cfg
+    names; lmsleep.ks.drift_guard.guard_night) runs again after it, over the whole night's expert."""
     started = time.perf_counter()
     if not dream_cfg.enabled:
         return DreamResult(cms, expert_index, stats={"enabled": False, "seconds": 0.0})
@@ -103,12 +107,14 @@ def dream_and_rehearse(cms, tokenizer, memories: list[dict[str, Any]], seed_cfg,
 
     cms, writer_state = dm.detach()
     losses, audit = rehearse(cms, tokenizer, dreams, memories, seed_cfg, dream_cfg, level, expert_index, night_rows)
-    lap("rehearse", t)
+    t = lap("rehearse", t)
+    guard = guard_night(cms, tokenizer, seed_cfg, drift_text, reading) if losses else None
+    lap("drift_guard", t)
     stats = {"enabled": True, **ledger_summary(dreams), "rounds": dream_cfg.rest_em_rounds if dream_cfg.rest_em else 1,
              "tau_items": sum(len(items) for items in tasks.values()),
              "tau_recall_fallbacks": sum(items[0].kind == "recall" for items in tasks.values()),
              "tau_before": tau_before, "writer_losses": writer_losses, "rehearsal_steps": len(losses),
-             "writer_from": writer_state.source, "phase_seconds": timings,
+             "writer_from": writer_state.source, "phase_seconds": timings, "drift_guard": guard,
              "seconds": round(time.perf_counter() - started, 1)}
     print(f"dream: {stats['rewarded']}/{stats['tested']} trials rewarded, {stats['used']} dreams rehearsed in "
           f"{len(losses)} steps, {stats['seconds']} s {timings}")

@@ -30,8 +30,7 @@ from lmsleep.allocator import return_freed_memory
 from lmsleep.cms import CMSConfig, LevelSpec, wrap_model
 from lmsleep.distributed import process_group
 from lmsleep.ks.consolidate import expert_layers, night_steps
-from lmsleep.ks.drift_guard import (describe_guard, keep_within_drift, read_drift_text,
-                                     read_reading_items)
+from lmsleep.ks.drift_guard import guard_night
 from lmsleep.ks.samples import sentences
 from lmsleep.ks.senders import OnlineFastLevelUpdater, consolidate_fast_level
 
@@ -54,14 +53,9 @@ def consolidate_by_sender(model, tokenizer, memories: list[dict[str, Any]], cfg,
         from lmsleep.ks.consolidate import consolidate_memories
 
         cms, losses, stats = consolidate_memories(model, tokenizer, memories, cfg, **context_options)
-    if (cfg.ks_drift_budget > 0 or cfg.ks_reading_budget > 0) and process_group()[0] == 0:  # rank 0 exports
-        text = None if cfg.ks_drift_budget <= 0 else read_drift_text(cfg.ks_drift_text) if drift_text is None \
-            else drift_text
-        if reading is None and cfg.ks_reading_budget > 0:
-            reading = read_reading_items(cfg.ks_reading_file)
-        guard = keep_within_drift(cms, tokenizer, text, cfg.ks_drift_budget, reading=reading,
-                                  reading_budget=cfg.ks_reading_budget)
-        print(describe_guard(guard))
+    # only rank 0 exports the expert: on the other ranks the guard would be waste
+    guard = guard_night(cms, tokenizer, cfg, drift_text, reading) if process_group()[0] == 0 else None
+    if guard is not None:
         stats["drift_guard"] = guard
     return cms, losses, stats
 

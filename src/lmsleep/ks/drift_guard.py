@@ -190,3 +190,20 @@ def describe_guard(guard: dict[str, Any]) -> str:
              for what, p, limit in (("general-text perplexity", "", "budget"),
                                     ("reading perplexity", "reading_", "reading_budget")) if p + "rise_full" in guard]
     return f"seed/ks drift guard: expert scaled by {guard['scale']:.3f}: " + "; ".join(parts)
+
+
+def guard_night(cms, tokenizer, cfg, drift_text: str | None = None,
+                reading: list[dict[str, str]] | None = None) -> dict[str, Any] | None:
+    """The guard as a seed config sets it (ks_drift_budget on `drift_text`, None = read cfg.ks_drift_text; and
+    ks_reading_budget on `reading`, None = read cfg.ks_reading_file), logged; None when both budgets are 0. Run after
+    every step that trains tonight's expert: the seed night, and dream rehearsal, which trains it again."""
+    if cfg.ks_drift_budget <= 0 and cfg.ks_reading_budget <= 0:
+        return None
+    if cfg.ks_drift_budget > 0 and drift_text is None:
+        drift_text = read_drift_text(cfg.ks_drift_text)
+    if cfg.ks_reading_budget > 0 and reading is None:
+        reading = read_reading_items(cfg.ks_reading_file)
+    guard = keep_within_drift(cms, tokenizer, drift_text if cfg.ks_drift_budget > 0 else None, cfg.ks_drift_budget,
+                              reading=reading, reading_budget=cfg.ks_reading_budget)
+    print(describe_guard(guard))
+    return guard

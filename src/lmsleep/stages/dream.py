@@ -81,6 +81,7 @@ def run(params: Params, ws: Workspace) -> dict[str, Any]:
 
     from lmsleep.cms import export_peft_adapter
     from lmsleep.dream import dream_and_rehearse, find_writer, save_writer
+    from lmsleep.stages.seed import guard_inputs
 
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -89,8 +90,9 @@ def run(params: Params, ws: Workspace) -> dict[str, Any]:
     seed_texts = ws.night_model(night) / "train_texts.jsonl"  # a KS night's prompts, for rehearsal_night_share
     mix = cfg.rehearsal_night_share > 0 and seed_lineage.get("method") == "ks" and seed_texts.exists()
     night_rows = read_jsonl(seed_texts) if mix else []
+    drift_text, reading = guard_inputs(ws, params)  # rehearsal retrains the guarded expert: guard it again
     result = dream_and_rehearse(cms, tokenizer, memories, params.seed, cfg, expert_index=index, level=LEVEL,
-                                writer=writer, night_rows=night_rows)
+                                writer=writer, night_rows=night_rows, drift_text=drift_text, reading=reading)
     rel = lambda p: str(Path(p).relative_to(ws.root))  # noqa: E731 - paths in lineages are relative to the root
     result.writer.source = rel(writer) if writer else "fresh"  # writer.json must not depend on where the root is
     save_writer(out_dir / "writer", result.writer, {"night": night, "rounds": result.stats["rounds"],
@@ -111,6 +113,7 @@ def run(params: Params, ws: Workspace) -> dict[str, Any]:
     summary = {"night": night, "enabled": True, "seed_method": seed_lineage.get("method"),
                **{k: stats[k] for k in ("made", "malformed", "kept", "tested", "rewarded", "used", "rounds")},
                "rehearsed": result.rehearsed, "writer_from": result.writer.source,
+               "drift_guard_scale": (stats.get("drift_guard") or {}).get("scale"),
                "seconds": round(time.perf_counter() - started, 1)}
     write_json(out_dir / "dream_log.json", {"summary": summary, "config": config, "stats": stats,
                                             "rehearsal_losses": result.rehearsal_losses})

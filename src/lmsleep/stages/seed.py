@@ -205,10 +205,20 @@ def guard_text(ws, params) -> str:
     return text
 
 
+def guard_inputs(ws, params) -> tuple[str | None, list[dict[str, str]] | None]:
+    """(drift text, reading items) for the drift guard, each None when its budget is 0; files resolved in `ws`."""
+    from lmsleep.ks.drift_guard import read_reading_items
+
+    cfg = params.seed
+    drift_text = guard_text(ws, params) if cfg.ks_drift_budget > 0 else None
+    reading = read_reading_items(ws.resolve(cfg.ks_reading_file) if cfg.ks_reading_file else "") \
+        if cfg.ks_reading_budget > 0 else None
+    return drift_text, reading
+
+
 def _consolidate_ks(ws, params, parent, memories, model, tokenizer) -> dict[str, Any]:
     from lmsleep.cms import export_peft_adapter
     from lmsleep.ks.awake import consolidate_by_sender
-    from lmsleep.ks.drift_guard import read_reading_items
     from lmsleep.ks.samples import read_anchor_prompts
 
     night, out_dir = params.night.id, ws.night_model(params.night.id)
@@ -225,9 +235,7 @@ def _consolidate_ks(ws, params, parent, memories, model, tokenizer) -> dict[str,
                                   cfg.ks_anchor_prompts, cfg.seed)
     if cfg.ks_sender == "fast_level" and world > 1:
         raise ValueError("seed.ks_sender 'fast_level' trains in one process: unset seed.accelerate_config")
-    drift_text = guard_text(ws, params) if cfg.ks_drift_budget > 0 else None
-    reading = read_reading_items(ws.resolve(cfg.ks_reading_file) if cfg.ks_reading_file else "") \
-        if cfg.ks_reading_budget > 0 else None
+    drift_text, reading = guard_inputs(ws, params)
     cms, losses, stats = consolidate_by_sender(model, tokenizer, memories, cfg, drift_text=drift_text, reading=reading,
                                                replay=replay, teacher_cache=cache, teacher_id=teacher_id,
                                                anchors=anchors)
