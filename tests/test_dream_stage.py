@@ -6,10 +6,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from tinyworld import CANARY_A, CANARY_Q, memory, tiny_workspace
+from tinyworld import CANARY_A, CANARY_Q, gold_reading_targets, memory, tiny_workspace
 
 from lmsleep import registry
 from lmsleep.config import DreamConfig
+from lmsleep.ks import drift_guard
 from lmsleep.memory import read_json, read_jsonl, write_jsonl
 from lmsleep.models import load_lineage
 from lmsleep.stages import dream, seed
@@ -142,10 +143,11 @@ def test_dream_params_are_checked():
     assert params_from_dict({"dream": {"enabled": False, "top_k": 3}}).dream.top_k == 3
 
 
-def test_rehearsal_is_guarded_again_and_the_guard_is_logged(night):
+def test_rehearsal_is_guarded_again_and_the_guard_is_logged(night, monkeypatch):
     params, ws = night
     params.seed.method = "ks"
     params.seed.ks_drift_budget, params.seed.ks_reading_budget = 1e-9, 1e-9  # any rise is past: both must act
+    monkeypatch.setattr(drift_guard, "reading_targets", gold_reading_targets)  # the tiny model reads nothing right
     seed.run(params, ws)
     summary = dream.run(params, ws)
     assert summary["rehearsed"] is True

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from tinyworld import CANARY_A, CANARY_Q, memory, tiny_workspace
+from tinyworld import CANARY_A, CANARY_Q, gold_reading_targets, memory, tiny_workspace
+
+from lmsleep.ks import drift_guard
 
 from lmsleep.cms import CMSConfig, LevelSpec, wrap_model
 from lmsleep.config import load_params
 from lmsleep.generation import perplexity
 from lmsleep.ks.drift_guard import (DRIFT_TOKENS, keep_within_drift, read_drift_text, read_reading_items,
-                                   reading_perplexity)
+                                   reading_perplexity, reading_targets)
 from lmsleep.ks.samples import BUNDLED_ANCHORS
 from lmsleep.memory import write_jsonl
 from lmsleep.models import load_base
@@ -111,11 +113,18 @@ def test_the_guard_refuses_a_budget_of_zero_and_a_model_without_an_active_expert
 
 def reading_rise(cms, tokenizer, items, index):
     with cms.experts_off("night", [index]):
-        before = reading_perplexity(cms.base, tokenizer, items)
-    return reading_perplexity(cms.base, tokenizer, items) / before - 1.0
+        targets = gold_reading_targets(cms.base, tokenizer, items)
+        before = reading_perplexity(cms.base, targets)
+    return reading_perplexity(cms.base, targets) / before - 1.0
 
 
-def test_the_reading_check_alone_scales_the_expert_into_its_budget(tiny):
+@pytest.fixture
+def gold_reading(monkeypatch):
+    """The tiny model reads no text right: the guard scores the items' file answers as if it had said them."""
+    monkeypatch.setattr(drift_guard, "reading_targets", gold_reading_targets)
+
+
+def test_the_reading_check_alone_scales_the_expert_into_its_budget(tiny, gold_reading):
     _, ws = tiny
     cms, tokenizer, index = expert_model(ws, std=2.0)
     items = read_reading_items("")[:8]
@@ -128,7 +137,8 @@ def test_the_reading_check_alone_scales_the_expert_into_its_budget(tiny):
 
     scale = guard["scale"]
     assert 0.0 < scale < 1.0 and guard["reading_rise_full"] == pytest.approx(full, abs=1e-4)
-    assert "perplexity_before" not in guard and guard["reading_items"] == 8  # the text check was off
+    assert "perplexity_before" not in guard  # the text check was off
+    assert guard["reading_items"] == guard["reading_read_right"] == len(items)
     pools = cms.level("night").pools
     assert all(torch.equal(p.A[index], a_before[k]) and torch.equal(p.B[index], b_before[k] * scale)
                for k, p in pools.items())
@@ -140,10 +150,10 @@ def test_the_reading_check_alone_scales_the_expert_into_its_budget(tiny):
     assert reading_rise(cms, tokenizer, items, index) > budget
 
 
-def test_with_both_checks_the_expert_keeps_both_budgets(tiny):
+def test_with_both_checks_the_expert_keeps_both_budgets(tiny, gold_reading):
     _, ws = tiny
-    text, items = read_drift_text(""), read_reading_items("")[:8]
     cms, tokenizer, index = expert_model(ws, std=2.0)
+    text, items = read_drift_text(""), read_reading_items("")[:8]
     text_budget, reading_budget = rise(cms, tokenizer, text, index) / 3, reading_rise(cms, tokenizer, items, index) / 3
     text_alone = keep_within_drift(cms, tokenizer, text, text_budget)["scale"]
     cms, tokenizer, index = expert_model(ws, std=2.0)  # the same expert again, unscaled
@@ -154,6 +164,34 @@ def test_with_both_checks_the_expert_keeps_both_budgets(tiny):
     assert both["rise_left"] <= text_budget and both["reading_rise_left"] <= reading_budget
     assert rise(cms, tokenizer, text, index) <= text_budget
     assert reading_rise(cms, tokenizer, items, index) <= reading_budget
+
+
+class Parrot(torch.nn.Module):
+    """A stand-in model whose greedy answer is fixed: `said` token ids, then the end of the turn."""
+
+    def __init__(self, said: list[int], end: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.said, self.end = said, end
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
+        assert kwargs["do_sample"] is False and self.end in kwargs["eos_token_id"]  # greedy, stopping at a turn end
+        return torch.cat([input_ids, torch.tensor([self.said + [self.end]])], dim=1)
+
+
+def test_the_reading_check_keeps_only_items_the_model_reads_right_in_its_own_words(tiny):
+    _, ws = tiny
+    _, tokenizer = load_base(ws.base_model("tiny"))
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    said = tokenizer("a walnut loaf, baked daily", add_special_tokens=False)["input_ids"]
+    items = read_reading_items("")[:3]  # the second one's answer is "a walnut loaf"
+    targets = reading_targets(Parrot(said, end), tokenizer, items)
+    assert len(targets) == 1  # the items whose answer the model did not say are not kept
+    prompt_ids, answer_ids = targets[0]
+    assert answer_ids == said + [end]  # its own words, turn end included, not the file's answer
+    assert items[1]["text"] in tokenizer.decode(prompt_ids) and items[1]["question"] in tokenizer.decode(prompt_ids)
+    with pytest.raises(ValueError, match="reads none of its 2 reading items right"):
+        reading_targets(Parrot(said, end), tokenizer, [items[0], items[2]])
 
 
 def test_reading_items_that_cannot_be_read_are_refused_with_their_line(tmp_path):
@@ -217,13 +255,13 @@ def test_the_seed_stage_guards_the_night_and_logs_it(tiny):
     assert guard["rise_left"] <= params.seed.ks_drift_budget and guard["rise_full"] > guard["rise_left"]
 
 
-def test_the_seed_stage_runs_the_reading_check_alone_and_logs_it(tiny):
+def test_the_seed_stage_runs_the_reading_check_alone_and_logs_it(tiny, gold_reading):
     params, ws = tiny
     night_with_memories(params, ws)
     params.seed.ks_drift_budget, params.seed.ks_reading_budget = 0.0, 1e-9  # only the reading check, past at once
     summary = seed.run(params, ws)
     guard = json.loads((ws.night_model(params.night.id) / "train_log.json").read_text())["ks"]["drift_guard"]
-    assert summary["drift_guard_scale"] == guard["scale"] < 1.0 and guard["reading_items"] == 24
+    assert summary["drift_guard_scale"] == guard["scale"] < 1.0 and guard["reading_read_right"] > 0
     assert guard["reading_rise_left"] <= 1e-9 < guard["reading_rise_full"] and "rise_left" not in guard
 
 

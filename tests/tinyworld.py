@@ -101,3 +101,18 @@ def with_canaries(load):
         return tasks
 
     return wrapped
+
+
+def gold_reading_targets(model, tokenizer, items: list[dict], max_new_tokens: int = 24) -> list[tuple]:
+    """A stand-in for lmsleep.ks.drift_guard.reading_targets (monkeypatched in): every item, with its file answer as
+    if the model had said it. The tiny random model reads no text right (its greedy answers decode to nothing), so
+    the real function would keep no item; tests/test_ks_drift_guard.py tests that function on its own."""
+    from lmsleep.prompts import question_messages
+
+    out = []
+    for item in items:
+        prompt = tokenizer.apply_chat_template(question_messages(item["question"], item["text"]), tokenize=False,
+                                               add_generation_prompt=True)
+        out.append((tokenizer(prompt, add_special_tokens=False)["input_ids"],
+                    tokenizer(item["answer"], add_special_tokens=False)["input_ids"]))
+    return out

@@ -14,9 +14,10 @@ night tuned on the gate's own measure would make the gate meaningless (the seed 
 
 The reading check (seed.ks_reading_budget, off by default): a night can also erode in-context reading, which no
 perplexity on plain text sees, and tomorrow's teacher is the model reading tomorrow's memory (on the 30-night stream
-ks_lr 3e-3 read the next night's memory right 63% of the time against 77%). With it on, s must also keep the answers'
-perplexity on held-out reading items (a short text, a question about it, its answer; never a probe, never trained
-on) within its own budget; the bundled items are src/lmsleep/ks/reading_guard.jsonl.
+ks_lr 3e-3 read the next night's memory right 63% of the time against 77%). With it on, s must also keep within its
+own budget the perplexity of the model's own answers, from before the night, to held-out reading items it reads right
+(a short text, a question about it, its answer; never a probe, never trained on); the bundled items are
+src/lmsleep/ks/reading_guard.jsonl.
 
 Search: the rise r(s) = ppl(s) / ppl(0) - 1 grows with s near 0 (the expert is a small perturbation there), so the
 largest s in [0, 1] with r(s) <= budget is found by bisection; every s returned was measured inside the budget.
@@ -97,20 +98,49 @@ def read_reading_items(path: str | Path) -> list[dict[str, str]]:
     return items
 
 
+READING_ANSWER_TOKENS = 24  # the evaluate stage's answer cap on the demo night: a brief answer fits
+
+
 @torch.no_grad()
-def reading_perplexity(model, tokenizer, items: list[dict[str, str]]) -> float:
-    """exp(mean loss of the answer tokens) with each item's text in context, put in the evaluate stage's prompt format
-    (lmsleep.prompts.question_messages, the chat template's generation prompt, then the answer): how well the model
-    reads a text it is given. Teacher-forced, one item at a time (no padding to get wrong). The answer is scored
-    exactly as the file writes it, leading space included: a model whose replies start with a space (the world model
-    of lmsleep.bench.nights) is scored on " Saenzil", the bundled SmolLM2 items on "Ines Barrowdale"."""
+def reading_targets(model, tokenizer, items: list[dict[str, str]],
+                    max_new_tokens: int = READING_ANSWER_TOKENS) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, answer ids) for each item the model reads RIGHT: its own greedy answer with the item's text in
+    context, in the evaluate stage's prompt format (lmsleep.prompts.question_messages, the chat template's generation
+    prompt), kept when it contains the item's answer (lmsleep.grading.contains). The model's own answers, not the
+    file's: the night's expert is trained on answers in the model's own words, so perplexity of a differently worded
+    gold answer reads a change of style as lost reading (on the demo night, +82% for a night whose in-context
+    accuracy fell 4 points). Run on the model as it was before the night."""
+    from lmsleep.generation import stop_token_ids
+    from lmsleep.grading import contains
+
     device = next(model.parameters()).device
-    total, counted = 0.0, 0
+    stops = stop_token_ids(model, tokenizer)
+    targets = []
     for item in items:
         prompt = tokenizer.apply_chat_template(question_messages(item["question"], item["text"]), tokenize=False,
                                                add_generation_prompt=True)
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(item["answer"], add_special_tokens=False)["input_ids"]  # as written: see below
+        ids = torch.tensor([prompt_ids], device=device)
+        output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                do_sample=False, num_beams=1, eos_token_id=stops,
+                                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0])
+        answer_ids = output[0, len(prompt_ids):].tolist()
+        if contains(tokenizer.decode(answer_ids, skip_special_tokens=True), item["answer"].strip()):
+            targets.append((prompt_ids, answer_ids))
+    if not targets:
+        raise ValueError(f"the reading check: the model reads none of its {len(items)} reading items right with the "
+                         "text in context, so there is no reading to keep; give it items it can read "
+                         "(seed.ks_reading_file) or set seed.ks_reading_budget 0")
+    return targets
+
+
+@torch.no_grad()
+def reading_perplexity(model, targets: list[tuple[list[int], list[int]]]) -> float:
+    """exp(mean loss of the answer tokens) of reading_targets' pairs: how surely the model still gives the answers
+    it gave before the night to texts it is given. Teacher-forced, one item at a time (no padding to get wrong)."""
+    device = next(model.parameters()).device
+    total, counted = 0.0, 0
+    for prompt_ids, answer_ids in targets:
         ids = torch.tensor([prompt_ids + answer_ids], device=device)
         labels = ids.clone()
         labels[0, : len(prompt_ids)] = -100  # only the answer is scored
@@ -123,8 +153,9 @@ def keep_within_drift(cms, tokenizer, text: str | None, budget: float, max_token
                       bisections: int = 6, reading: list[dict[str, str]] | None = None,
                       reading_budget: float = 0.0) -> dict[str, Any]:
     """Scale the active experts of `cms` so that `text`'s perplexity rises by at most `budget` (a fraction) over the
-    same model without them and, with `reading` and reading_budget > 0, the answers' perplexity on those reading items
-    (reading_perplexity) by at most reading_budget; a budget of 0 turns its check off (at least one must be on).
+    same model without them and, with `reading` and reading_budget > 0, the perplexity of the answers the model gave
+    before to the reading items it read right (reading_targets, reading_perplexity) by at most reading_budget; a
+    budget of 0 turns its check off (at least one must be on).
     Returns what was measured: each check's value before, at full strength and as left, the scale, and how many
     measuring passes it took (each one over the text's max_tokens and/or the reading items)."""
     checks: dict[str, tuple[Callable[[], float], float]] = {}
@@ -137,7 +168,8 @@ def keep_within_drift(cms, tokenizer, text: str | None, budget: float, max_token
     if reading_budget > 0:
         if not reading:
             raise ValueError("the reading guard needs reading items (seed.ks_reading_file)")
-        checks["reading"] = (lambda: reading_perplexity(cms.base, tokenizer, reading), reading_budget)
+        targets: list[tuple[list[int], list[int]]] = []  # the model's own right answers, before the night
+        checks["reading"] = (lambda: reading_perplexity(cms.base, targets), reading_budget)
     elif reading_budget < 0:
         raise ValueError(f"the reading budget must be >= 0, got {reading_budget}")
     if not checks:
@@ -153,6 +185,8 @@ def keep_within_drift(cms, tokenizer, text: str | None, budget: float, max_token
         return all(measured[name] / before[name] - 1.0 <= limit for name, (_, limit) in checks.items())
 
     with _without_experts(cms):
+        if "reading" in checks:
+            targets += reading_targets(cms.base, tokenizer, reading or [])
         before = measure()
     full = measure()
     passes, scale, left = 2, 1.0, full
@@ -178,7 +212,8 @@ def keep_within_drift(cms, tokenizer, text: str | None, budget: float, max_token
                 ("perplexity_left", left[name]), ("rise_full", full[name] / before[name] - 1.0),
                 ("rise_left", left[name] / before[name] - 1.0))}
     if "reading" in checks:
-        out |= {"reading_budget": reading_budget, "reading_items": len(reading or [])}
+        out |= {"reading_budget": reading_budget, "reading_items": len(reading or []),
+                "reading_read_right": len(targets)}
     return out | {"perplexity_passes": passes, "tokens": max_tokens if budget > 0 else 0,
                   "seconds": round(time.perf_counter() - started, 1)}
 
