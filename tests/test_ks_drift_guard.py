@@ -16,7 +16,7 @@ from lmsleep.ks import drift_guard
 from lmsleep.cms import CMSConfig, LevelSpec, wrap_model
 from lmsleep.config import load_params
 from lmsleep.generation import perplexity
-from lmsleep.ks.drift_guard import (DRIFT_TOKENS, keep_within_drift, read_drift_text, read_reading_items,
+from lmsleep.ks.drift_guard import (DRIFT_TOKENS, answer_span, keep_within_drift, read_drift_text, read_reading_items,
                                    reading_perplexity, reading_targets)
 from lmsleep.ks.samples import BUNDLED_ANCHORS
 from lmsleep.memory import write_jsonl
@@ -187,8 +187,11 @@ def test_the_reading_check_keeps_only_items_the_model_reads_right_in_its_own_wor
     items = read_reading_items("")[:3]  # the second one's answer is "a walnut loaf"
     targets = reading_targets(Parrot(said, end), tokenizer, items)
     assert len(targets) == 1  # the items whose answer the model did not say are not kept
-    prompt_ids, answer_ids = targets[0]
+    prompt_ids, answer_ids, start, stop = targets[0]
     assert answer_ids == said + [end]  # its own words, turn end included, not the file's answer
+    assert tokenizer.decode(answer_ids[start:stop]).strip() == "walnut loaf"  # only the words that say the answer
+    assert answer_span(tokenizer, said, "a walnut loaf") == (start, stop)  # ("a": articles are not words to say)
+    assert answer_span(tokenizer, said, "an oak table") is None
     assert items[1]["text"] in tokenizer.decode(prompt_ids) and items[1]["question"] in tokenizer.decode(prompt_ids)
     with pytest.raises(ValueError, match="reads none of its 2 reading items right"):
         reading_targets(Parrot(said, end), tokenizer, [items[0], items[2]])

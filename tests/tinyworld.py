@@ -105,7 +105,7 @@ def with_canaries(load):
 
 def gold_reading_targets(model, tokenizer, items: list[dict], max_new_tokens: int = 24) -> list[tuple]:
     """A stand-in for lmsleep.ks.drift_guard.reading_targets (monkeypatched in): every item, with its file answer as
-    if the model had said it. The tiny random model reads no text right (its greedy answers decode to nothing), so
+    if the model had said it, all of it scored. The tiny random model reads no text right (its greedy answers decode to nothing), so
     the real function would keep no item; tests/test_ks_drift_guard.py tests that function on its own."""
     from lmsleep.prompts import question_messages
 
@@ -113,6 +113,6 @@ def gold_reading_targets(model, tokenizer, items: list[dict], max_new_tokens: in
     for item in items:
         prompt = tokenizer.apply_chat_template(question_messages(item["question"], item["text"]), tokenize=False,
                                                add_generation_prompt=True)
-        out.append((tokenizer(prompt, add_special_tokens=False)["input_ids"],
-                    tokenizer(item["answer"], add_special_tokens=False)["input_ids"]))
+        answer = tokenizer(item["answer"], add_special_tokens=False)["input_ids"]
+        out.append((tokenizer(prompt, add_special_tokens=False)["input_ids"], answer, 0, len(answer)))
     return out
