@@ -193,8 +193,22 @@ def test_the_reading_check_keeps_only_items_the_model_reads_right_in_its_own_wor
     assert answer_span(tokenizer, said, "a walnut loaf") == (start, stop)  # ("a": articles are not words to say)
     assert answer_span(tokenizer, said, "an oak table") is None
     assert items[1]["text"] in tokenizer.decode(prompt_ids) and items[1]["question"] in tokenizer.decode(prompt_ids)
-    with pytest.raises(ValueError, match="reads none of its 2 reading items right"):
-        reading_targets(Parrot(said, end), tokenizer, [items[0], items[2]])
+    assert reading_targets(Parrot(said, end), tokenizer, [items[0], items[2]]) == []
+
+
+def test_a_model_that_reads_no_item_right_skips_the_reading_check_and_says_so(tiny):
+    _, ws = tiny
+    cms, tokenizer, index = expert_model(ws, std=2.0)
+    _, b_before, _ = snapshot(cms, index)
+    items = read_reading_items("")[:4]  # the tiny random model answers none of them (its answers decode to nothing)
+    guard = keep_within_drift(cms, tokenizer, None, 0.0, reading=items, reading_budget=1e-9)
+    assert guard["scale"] == 1.0 and guard["reading_read_right"] == 0 and guard["perplexity_passes"] == 0
+    assert "reads none of the 4 reading items right" in guard["reading_skipped"]
+    assert all(torch.equal(p.B[index], b_before[k]) for k, p in cms.level("night").pools.items())
+    text = read_drift_text("")  # with the text check on, that one still runs
+    guard = keep_within_drift(cms, tokenizer, text, rise(cms, tokenizer, text, index) / 4, reading=items,
+                              reading_budget=1e-9)
+    assert guard["scale"] < 1.0 and "reading_skipped" in guard and "reading_rise_left" not in guard
 
 
 def test_reading_items_that_cannot_be_read_are_refused_with_their_line(tmp_path):
