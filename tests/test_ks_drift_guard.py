@@ -51,6 +51,13 @@ def snapshot(cms, index):
             {k: v.detach().clone() for k, v in cms.base.state_dict().items() if "lora" not in k})
 
 
+@torch.no_grad()
+def set_b(cms, index, b_trained, scale):
+    """Every projection's B of expert `index` set to `scale` x its trained value."""
+    for key, pool in cms.level("night").pools.items():
+        pool.B[index].copy_(b_trained[key] * scale)
+
+
 def rise(cms, tokenizer, text, index):
     with cms.experts_off("night", [index]):
         before = perplexity(cms.base, tokenizer, text, DRIFT_TOKENS)
@@ -79,9 +86,7 @@ def test_a_drifting_expert_is_scaled_to_the_largest_measured_scale_inside_the_bu
     left = rise(cms, tokenizer, text, index)
     assert left <= budget and left == pytest.approx(guard["rise_left"], abs=1e-4)
     # the largest such scale at the bisection's resolution: one step (1/64) more is past the budget
-    with torch.no_grad():
-        for key, pool in pools.items():
-            pool.B[index].copy_(b_before[key] * (scale + 1 / 64))
+    set_b(cms, index, b_before, scale + 1 / 64)
     assert rise(cms, tokenizer, text, index) > budget
     assert guard["perplexity_passes"] == 2 + 6
 
@@ -144,9 +149,7 @@ def test_the_reading_check_alone_scales_the_expert_into_its_budget(tiny, gold_re
                for k, p in pools.items())
     left = reading_rise(cms, tokenizer, items, index)
     assert left <= budget and left == pytest.approx(guard["reading_rise_left"], abs=1e-4)
-    with torch.no_grad():
-        for key, pool in pools.items():
-            pool.B[index].copy_(b_before[key] * (scale + 1 / 64))
+    set_b(cms, index, b_before, scale + 1 / 64)  # one bisection step more is past the budget
     assert reading_rise(cms, tokenizer, items, index) > budget
 
 
