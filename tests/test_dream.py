@@ -104,16 +104,19 @@ def recall_task(dm, mid="m-000"):
 
 
 def test_random_expert_changes_the_active_set_only_while_dreams_are_written(tiny_dir, cfg, monkeypatch):
-    phase, real_write = ["other"], dream_night.write_dreams
+    phase = ["other"]
 
-    def writing(*args, **kwargs):
-        phase[0] = "write"
-        try:
-            return real_write(*args, **kwargs)
-        finally:
-            phase[0] = "other"
+    def in_phase(name, real):
+        def marked(*args, **kwargs):
+            phase[0] = name
+            try:
+                return real(*args, **kwargs)
+            finally:
+                phase[0] = "other"
+        return marked
 
-    monkeypatch.setattr(dream_night, "write_dreams", writing)
+    monkeypatch.setattr(dream_night, "write_dreams", in_phase("write", dream_night.write_dreams))
+    monkeypatch.setattr(dream_night, "guard_night", in_phase("guard", dream_night.guard_night))
     for novelty in (True, False):
         cfg.random_expert = novelty
         cms, tokenizer, index = tonights_cms(tiny_dir)
@@ -124,6 +127,8 @@ def test_random_expert_changes_the_active_set_only_while_dreams_are_written(tiny
         outside = {active for where, active in seen if where == "other"}
         assert during == ({(0, 1)} if novelty else {(0,)})
         assert outside == {(0,)}  # tau, selection, trials, ReST-EM, rehearsal: tonight's expert alone
+        # the drift guard after rehearsal (seed.ks_drift_budget on by default) measures with and without it
+        assert {active for where, active in seen if where == "guard"} == {(), (0,)}
         assert result.cms.active_experts(LEVEL) == [0]
         assert all(not p.any() for p in result.cms.expert_parameters(LEVEL, 1))  # the random slot left nothing
         assert all(d.novelty is novelty for d in result.dreams)
