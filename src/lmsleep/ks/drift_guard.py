@@ -41,6 +41,8 @@ from lmsleep.prompts import question_messages
 BUNDLED_DRIFT_TEXT = Path(__file__).with_name("drift_text.txt")
 BUNDLED_READING = Path(__file__).with_name("reading_guard.jsonl")  # seed.ks_reading_file
 DRIFT_TOKENS = 2048  # the bundled text is ~1,500 SmolLM2 tokens: all of it (the reference check reads up to 1,024)
+READING_ANSWER_TOKENS = 24  # the evaluate stage's answer cap on the demo night: a brief answer fits
+Target = tuple[list[int], list[int], int, int]  # prompt ids, the model's answer ids, the answer span [start, end)
 
 
 def read_drift_text(path: str | Path) -> str:
@@ -96,12 +98,6 @@ def read_reading_items(path: str | Path) -> list[dict[str, str]]:
     if not items:
         raise ValueError(f"seed.ks_reading_file {source}: no reading items")
     return items
-
-
-READING_ANSWER_TOKENS = 24  # the evaluate stage's answer cap on the demo night: a brief answer fits
-
-
-Target = tuple[list[int], list[int], int, int]  # prompt ids, the model's answer ids, the answer span [start, end)
 
 
 def answer_span(tokenizer, answer_ids: list[int], answer: str) -> tuple[int, int] | None:
