@@ -78,7 +78,7 @@ def _scale_b(cms, factor: float, originals: dict[int, torch.Tensor]) -> None:
 
 
 def read_reading_items(path: str | Path) -> list[dict[str, str]]:
-    """The reading guard's items ('' = the bundled src/lmsleep/ks/reading_guard.jsonl): one JSON object per line with
+    """The reading check's items ('' = the bundled src/lmsleep/ks/reading_guard.jsonl): one JSON object per line with
     "text", "question" and "answer", each a non-empty string; blank lines are skipped. A bad line is an error naming
     the line, never skipped."""
     source = Path(path or BUNDLED_READING)
@@ -182,7 +182,7 @@ def keep_within_drift(cms, tokenizer, text: str | None, budget: float, max_token
         raise ValueError(f"the drift budget must be >= 0, got {budget}")
     if reading_budget > 0:
         if not reading:
-            raise ValueError("the reading guard needs reading items (seed.ks_reading_file)")
+            raise ValueError("the reading check needs reading items (seed.ks_reading_file)")
         targets: list[Target] = []  # the model's own right answers, before the night
         checks["reading"] = (lambda: reading_perplexity(cms.base, targets), reading_budget)
     elif reading_budget < 0:
