@@ -100,7 +100,8 @@ def run(argv: list[str] | None, tmp: Path) -> int:
     anchors = read_anchor_prompts("", cfg.ks_anchor_prompts, cfg.seed)
     cms, losses, _ = train_student(cms, LEVEL, index, trainable, tokenizer, memories, cfg,
                                    teacher_cache=cache / "teacher.safetensors", teacher_id=str(model_path),
-                                   anchors=anchors, receiver="expert-scale trial")
+                                   anchors=anchors, receiver="expert-scale trial",
+                                   up_params=cms.expert_up_parameters(LEVEL, index))
     train_s = time.time() - started
     rows = [(p["question"], p["answer"]) for m in memories for p in m.get("probes", [])]
     messages = [question_messages(q) for q, _ in rows]

@@ -1062,3 +1062,34 @@ def test_an_unknown_lr_schedule_fails_before_the_teacher_runs(night, monkeypatch
     monkeypatch.setattr(teacher_side, "write_completions", no_teacher)
     with pytest.raises(ValueError, match="ks_lr_schedule"):
         seed.run(params, ws)
+
+
+def test_lr_b_ratio_moves_b_that_many_times_faster_and_a_not_on_the_first_step(night):
+    """LoRA+ (seed.ks_lr_b_ratio): B starts at zero, so step one's gradient reaches only B, and AdamW's first step
+    moves each element by lr x sign(grad): the same gradient at 4 x the rate moves B exactly 4 x as far."""
+    params, ws = night
+    memories = read_jsonl(ws.night_data(params.night.id) / "accepted.jsonl")
+    moved = {}
+    for ratio in (1.0, 4.0):
+        cfg = SeedConfig(**{**vars(params.seed), "ks_steps": 1, "ks_lr_b_ratio": ratio})
+        model, tokenizer = load_base(ws.base_model("tiny"))
+        cms, _, _ = ks.consolidate_memories(model, tokenizer, memories, cfg)
+        ups = cms.expert_up_parameters(ks.LEVEL, 0)
+        downs = [p for p in cms.expert_parameters(ks.LEVEL, 0) if all(p is not u for u in ups)]
+        assert ups and downs and all(u.abs().sum() > 0 for u in ups)
+        moved[ratio] = [u.detach().clone() for u in ups], [d.detach().clone() for d in downs]
+    (b1, a1), (b4, a4) = moved[1.0], moved[4.0]
+    assert all(torch.equal(x, y) for x, y in zip(a1, a4))  # A: no gradient yet, the same kaiming draw in both
+    assert all(torch.allclose(y, 4 * x, rtol=1e-3, atol=1e-7) for x, y in zip(b1, b4))
+
+
+def test_lr_b_ratio_puts_only_b_in_the_faster_group_and_refuses_nonsense():
+    a, b = torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(3, 2))
+    optimizer = ks.expert_optimizer([a, b], [b], SeedConfig(method="ks", ks_lr=1e-3, ks_lr_b_ratio=16))
+    assert [(g["lr"], g["lr_ratio"], len(g["params"])) for g in optimizer.param_groups] == [(1e-3, 1.0, 1),
+                                                                                            (1.6e-2, 16.0, 1)]
+    assert len(ks.expert_optimizer([a, b], None, SeedConfig(method="ks")).param_groups) == 1
+    with pytest.raises(ValueError, match="ks_lr_b_ratio"):
+        ks.expert_optimizer([a, b], [b], SeedConfig(method="ks", ks_lr_b_ratio=0))
+    with pytest.raises(ValueError, match="among the trained"):
+        ks.expert_optimizer([a], [b], SeedConfig(method="ks"))

@@ -108,8 +108,9 @@ def ks_into_lora(model, tokenizer, memories: list[dict[str, Any]], cfg, replay: 
     student = LoraStudent(peft_model).eval()
     torch.manual_seed(cfg.seed)  # prompt building samples from the same generator state as consolidate_memories
     receiver = f"LoRA r={cfg.lora_rank} on {len(targets)} existing modules"
+    up = [p for name, p in peft_model.named_parameters() if p.requires_grad and "lora_B" in name]
     _, losses, stats = train_student(student, LORA, 0, params, tokenizer, memories, cfg, replay=replay,
-                                     anchors=anchors, receiver=receiver, started=started)
+                                     anchors=anchors, receiver=receiver, started=started, up_params=up)
     stats |= {"receiver": receiver, "trainable": sum(p.numel() for p in params)}
     return peft_model, losses, stats
 

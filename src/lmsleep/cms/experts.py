@@ -273,6 +273,10 @@ class CMSModel(nn.Module):
             p.requires_grad_(True)
         return params
 
+    def expert_up_parameters(self, level: str, index: int) -> list[nn.Parameter]:
+        """Expert `index`'s B tensors (out x rank, zero at activation): what seed.ks_lr_b_ratio speeds up."""
+        return [pool.B[index] for pool in self.level(level).pools.values()]
+
     def expert_parameters(self, level: str, index: int) -> list[nn.Parameter]:
         return self.level(level).slot_parameters(index)
 

@@ -248,7 +248,8 @@ def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg,
     params = cms.trainable_expert(LEVEL, index)
     return train_student(cms, LEVEL, index, params, tokenizer, memories, cfg, replay=replay,
                          teacher_cache=teacher_cache, teacher_id=teacher_id, anchors=anchors,
-                         receiver=f"expert rank {rank}", started=started)
+                         receiver=f"expert rank {rank}", started=started,
+                         up_params=cms.expert_up_parameters(LEVEL, index))
 
 
 def _world_sum(value: torch.Tensor, world: int) -> float:
@@ -285,20 +286,39 @@ def lr_factor(schedule: str, step: int, steps: int) -> float:
     return 1.0
 
 
+def expert_optimizer(params: list[torch.nn.Parameter], up_params: list[torch.nn.Parameter] | None, cfg):
+    """AdamW over `params`, the `up_params` among them in a group of their own at ks_lr x ks_lr_b_ratio (LoRA+: B
+    starts at zero and, at A's rate, is the slow factor of the product). Each group's "lr_ratio" is what the loop
+    multiplies ks_lr and its schedule by."""
+    if cfg.ks_lr_b_ratio <= 0:
+        raise ValueError(f"ks_lr_b_ratio must be > 0, got {cfg.ks_lr_b_ratio}")
+    up = {id(p) for p in up_params or []}
+    if not up <= {id(p) for p in params}:
+        raise ValueError("up_params must be among the trained params")
+    groups = [{"params": [p for p in params if id(p) not in up], "lr_ratio": 1.0},
+              {"params": [p for p in params if id(p) in up], "lr_ratio": float(cfg.ks_lr_b_ratio)}]
+    groups = [g for g in groups if g["params"]]
+    for group in groups:
+        group["lr"] = cfg.ks_lr * group["lr_ratio"]
+    return torch.optim.AdamW(groups, lr=cfg.ks_lr, weight_decay=0.0)
+
+
 def train_student(student, level: str, index: int, params: list[torch.nn.Parameter], tokenizer,
                   memories: list[dict[str, Any]], cfg, replay: list[dict[str, Any]] | None = None,
                   teacher_cache: Path | None = None, teacher_id: str = "", anchors: list[str] | None = None,
-                  receiver: str = "", started: float | None = None):
+                  receiver: str = "", started: float | None = None,
+                  up_params: list[torch.nn.Parameter] | None = None):
     """The KS loop (prompts, teacher, GKD + LTI steps) on whatever receives tonight's knowledge: `params` are the only
     tensors in the optimizer, and inside `student.experts_off(level, [index])` the student must be the teacher's
     weights (the model as it was before the night: for the CMS, tonight's expert masked off). `student` is called
     like the model and has `.base` (the HF causal LM it runs); consolidate_memories passes a CMSModel, the
     benchmark's LoRA baselines (lmsleep.bench.baselines) a peft LoRA on the existing weights, adapter disabled as the
-    teacher. `receiver` names what is trained in the start-up line. Returns (student, losses, stats)."""
+    teacher. `receiver` names what is trained in the start-up line; `up_params` (a subset of `params`: the B factors
+    that start at zero) learn at ks_lr x ks_lr_b_ratio. Returns (student, losses, stats)."""
     started = time.perf_counter() if started is None else started
     return_freed_memory(cfg.ks_return_freed_memory_kb)  # before the first activation is allocated (lmsleep.allocator)
     device = next(student.base.parameters()).device
-    optimizer = torch.optim.AdamW(params, lr=cfg.ks_lr, weight_decay=0.0)
+    optimizer = expert_optimizer(params, up_params, cfg)
     lr_factor(cfg.ks_lr_schedule, 0, 1)  # an unknown schedule fails here, before the teacher's side runs
     judge = None
     if cfg.ks_alpha < 1.0 and cfg.ks_gamma > 0.0:
@@ -340,7 +360,7 @@ def train_student(student, level: str, index: int, params: list[torch.nn.Paramet
     losses, distill_losses, rl_losses, rewards = [], [], [], []
     for step in tqdm(range(steps), desc="seed/ks", unit="step"):
         for group in optimizer.param_groups:
-            group["lr"] = cfg.ks_lr * lr_factor(cfg.ks_lr_schedule, step, steps)
+            group["lr"] = cfg.ks_lr * group["lr_ratio"] * lr_factor(cfg.ks_lr_schedule, step, steps)
         batch = draw_batch(pool, order, cfg.batch_size, rng)
         distill = None
         if cfg.ks_alpha > 0.0:
