@@ -26,12 +26,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from lmsleep.cms import CMSConfig, LevelSpec, wrap_model  # noqa: E402
 from lmsleep.cms.experts import decoder_layers  # noqa: E402
 from lmsleep.config import load_params  # noqa: E402
 from lmsleep.generation import generate_answers, perplexity  # noqa: E402
 from lmsleep.grading import grade  # noqa: E402
-from lmsleep.ks.consolidate import LEVEL, expert_layers, train_student  # noqa: E402
+from lmsleep.ks.consolidate import LEVEL, consolidate_memories  # noqa: E402
 from lmsleep.ks.drift_guard import DRIFT_TOKENS, read_drift_text  # noqa: E402
 from lmsleep.ks.samples import read_anchor_prompts  # noqa: E402
 from lmsleep.memory import read_jsonl  # noqa: E402
@@ -87,21 +86,15 @@ def run(argv: list[str] | None, tmp: Path) -> int:
     texts = {"reference": (REPO / "data" / "reference.txt").read_text(encoding="utf-8"),
              "drift_text": read_drift_text("")}
     tokens = {"reference": ev.max_reference_tokens, "drift_text": DRIFT_TOKENS}
-    started = time.time()
-    torch.manual_seed(cfg.seed)
-    rank = cfg.ks_expert_rank
-    level = LevelSpec(name=LEVEL, layers=expert_layers(cfg, model), pool_size=1, rank=rank, alpha=2.0 * rank)
-    cms = wrap_model(model, CMSConfig(levels=[level], router="topk" if args.gated else "dense"))
     before = {k: perplexity(model, tokenizer, t, tokens[k]) for k, t in texts.items()}
-    index = cms.activate_expert(LEVEL, torch.Generator().manual_seed(cfg.seed))
-    trainable = cms.trainable_expert(LEVEL, index)
+    started = time.time()
     cache = args.cache_dir / f"{args.model}-seed{args.seed}"
     cache.mkdir(parents=True, exist_ok=True)
     anchors = read_anchor_prompts("", cfg.ks_anchor_prompts, cfg.seed)
-    cms, losses, _ = train_student(cms, LEVEL, index, trainable, tokenizer, memories, cfg,
-                                   teacher_cache=cache / "teacher.safetensors", teacher_id=str(model_path),
-                                   anchors=anchors, receiver="expert-scale trial",
-                                   up_params=cms.expert_up_parameters(LEVEL, index))
+    cms, losses, _ = consolidate_memories(model, tokenizer, memories, cfg,
+                                          teacher_cache=cache / "teacher.safetensors", teacher_id=str(model_path),
+                                          anchors=anchors, router="topk" if args.gated else "dense")
+    index = cms.active_experts(LEVEL)[0]
     train_s = time.time() - started
     rows = [(p["question"], p["answer"]) for m in memories for p in m.get("probes", [])]
     messages = [question_messages(q) for q, _ in rows]

@@ -222,7 +222,7 @@ def expert_layers(cfg, model) -> list[int] | None:
 
 def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg,
                          replay: list[dict[str, Any]] | None = None, teacher_cache: Path | None = None,
-                         teacher_id: str = "", anchors: list[str] | None = None):
+                         teacher_id: str = "", anchors: list[str] | None = None, router: str = "dense"):
     """Distil tonight's memories (teacher: in context) into one new CMS expert. Returns (cms, losses, stats).
 
     `replay`: earlier nights' prompts, dicts {"night", "kind" (continuation | question), "prompt", "memory_id"}
@@ -231,6 +231,9 @@ def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg,
     `anchors`: general requests (lmsleep.ks.samples.read_anchor_prompts), teacher = the model as it is.
     `teacher_cache`: a file for the teacher's samples and log-probs (lmsleep.ks.teacher); `teacher_id` must name the
     teacher's weights (e.g. the lineage), since a cache is valid only for the weights that wrote it.
+
+    `router`: the level's CMSConfig router; "topk" gives the one expert a learned sigmoid gate per layer
+    (bench/expert_scale.py --gated), "dense" is the night's, exactly mergeable.
 
     stats["train_texts"] holds every prompt/completion trained on (for train_texts.jsonl, the probe-leak audit).
     """
@@ -243,7 +246,7 @@ def consolidate_memories(model, tokenizer, memories: list[dict[str, Any]], cfg,
     rank = cfg.ks_expert_rank
     layers = expert_layers(cfg, model)
     cms = wrap_model(model, CMSConfig(levels=[LevelSpec(name=LEVEL, layers=layers, pool_size=1, rank=rank,
-                                                        alpha=2.0 * rank)]))
+                                                        alpha=2.0 * rank)], router=router))
     index = cms.activate_expert(LEVEL, torch.Generator().manual_seed(cfg.seed))
     params = cms.trainable_expert(LEVEL, index)
     return train_student(cms, LEVEL, index, params, tokenizer, memories, cfg, replay=replay,
