@@ -1,6 +1,7 @@
 """The CLI end to end on a tiny model, in-process and without Prefect (the flow has its own integration test)."""
 
 import json
+import os
 
 import pytest
 from tinyworld import memory, tiny_workspace, write_day
@@ -68,3 +69,18 @@ def test_stage_subcommands_match_the_pipeline():
         assert stage.replace("_", "-") in commands
     for extra in ("night", "demo", "ask", "status", "rollback", "params"):
         assert extra in commands
+
+
+def test_threads_caps_torch_and_child_processes_and_refuses_zero(workspace, monkeypatch, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # monkeypatch restores the variable the CLI sets
+    try:
+        assert main(["status", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+        assert os.environ["OMP_NUM_THREADS"] == "1"
+        assert main(["bench", "quality", "--threads", "0"]) == 2
+        assert "--threads must be at least 1" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

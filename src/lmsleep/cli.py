@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -33,6 +34,26 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="smollm2 | tiny | a local HF folder (prepare_model.name)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override any params.yaml value, e.g. --set seed.lr=5e-4 (repeatable)")
+    _threads(parser)
+
+
+def _threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (and OMP_NUM_THREADS for any child process); default: torch's "
+                             "own, every core. On a box shared with other jobs, 1 or 2 keeps them from competing "
+                             "(bench: the total, split between its --workers)")
+
+
+def cap_threads(threads: int | None) -> None:
+    """--threads: torch's intra-op threads for this process and, through the environment, its children."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
 
 
 def resolve(args: argparse.Namespace) -> tuple[Params, Workspace]:
@@ -208,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="smollm2 | tiny | a local HF folder (prepare_model.name)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a params value, e.g. --set seed.ks_steps=60 (repeatable)")
+    _threads(p)
     p.add_argument("--resume", action="store_true",
                    help="go on from the seeds a stopped run with the same settings finished in --out")
     p.add_argument("--workers", default=None,
@@ -233,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(argv)  # the command as typed, recorded by `bench` in its results
     try:
+        cap_threads(args.threads)
         args.func(args)
     except NightStopped as stop:
         print(f"night stopped: {stop}", file=sys.stderr)
