@@ -100,8 +100,10 @@ class SeedConfig:
                                        "0 = off")
     ks_lr: float = _f(2e-3, "ks: AdamW learning rate of the new expert")
     ks_lr_b_ratio: float = _f(1.0, "ks: the expert's B (the factor that starts at zero) learns at ks_lr x this; "
-                                   "A and any gate at ks_lr. 1 = one rate for all; LoRA+ (Hayou et al., 2024) "
-                                   "uses about 16")
+                                   "A and any gate at ks_lr. LoRA+ (Hayou et al., 2024) uses about 16; here 4 "
+                                   "lost 10.5 points on the 30-night stream and 16 drifted +690% on the demo night; "
+                                   "0.5 kept the demo night's probes and cut the stream's drift from +32% to +9% at "
+                                   "-1.3 points (docs/results.md)")
     ks_lr_schedule: str = _f("constant", "ks: how ks_lr moves over the night's steps: constant | cosine (from ks_lr "
                                          "down to 0) | linear (ks_lr down to 0). Demo night, 3 seeds: cosine from "
                                          "4e-3 29.2% at +9.5% perplexity against constant 2e-3's 31.9% at +4.7%: "
