@@ -274,7 +274,7 @@ class CMSModel(nn.Module):
         return params
 
     def expert_up_parameters(self, level: str, index: int) -> list[nn.Parameter]:
-        """Expert `index`'s B tensors (out x rank, zero at activation): what seed.ks_lr_b_ratio speeds up."""
+        """Expert `index`'s B tensors (out x rank, zero at activation): the tensors seed.ks_lr_b_ratio gives a rate of their own."""
         return [pool.B[index] for pool in self.level(level).pools.values()]
 
     def expert_parameters(self, level: str, index: int) -> list[nn.Parameter]:

@@ -290,8 +290,8 @@ def lr_factor(schedule: str, step: int, steps: int) -> float:
 
 
 def expert_optimizer(params: list[torch.nn.Parameter], up_params: list[torch.nn.Parameter] | None, cfg):
-    """AdamW over `params`, the `up_params` among them in a group of their own at ks_lr x ks_lr_b_ratio (LoRA+: B
-    starts at zero and, at A's rate, is the slow factor of the product). Each group's "lr_ratio" is what the loop
+    """AdamW over `params`, the `up_params` among them in a group of their own at ks_lr x ks_lr_b_ratio (LoRA+'s
+    knob; measured in docs/results.md: here a faster B mostly drifts more). Each group's "lr_ratio" is what the loop
     multiplies ks_lr and its schedule by."""
     if cfg.ks_lr_b_ratio <= 0:
         raise ValueError(f"ks_lr_b_ratio must be > 0, got {cfg.ks_lr_b_ratio}")
