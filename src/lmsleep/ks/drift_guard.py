@@ -201,7 +201,6 @@ def keep_within_drift(cms, tokenizer, text: str | None, budget: float, max_token
         if not targets:  # a model that reads none of them right has no reading for the check to keep
             del checks["reading"]
             out["reading_skipped"] = f"the model reads none of the {len(reading or [])} reading items right"
-            print(f"seed/ks drift guard: reading check skipped: {out['reading_skipped']} (seed.ks_reading_file)")
     if not checks:
         return out | {"perplexity_passes": 0, "tokens": 0, "seconds": round(time.perf_counter() - started, 1)}
 
